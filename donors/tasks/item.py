@@ -1,0 +1,38 @@
+"""The atom every task produces: one multiple-choice item, aligned across languages by id."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+Split = Literal["train", "test"]
+LETTERS = "ABCDEFGHIJ"
+
+
+@dataclass(frozen=True)
+class Item:
+    """One multiple-choice question in one language.
+
+    ``id`` is the same for the same underlying fact in every language, which is what makes
+    test sets parallel. ``answer_index`` points into ``choices``. ``target_text`` is set for
+    tasks whose training target is a text rather than the answer letter (TruthfulQA).
+    """
+
+    id: str
+    task: str
+    language: str
+    question: str
+    choices: tuple[str, ...]
+    answer_index: int
+    target_text: str | None = None
+    meta: dict = field(default_factory=dict, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        if not 2 <= len(self.choices) <= len(LETTERS):
+            raise ValueError(f"item {self.id!r} ({self.task}/{self.language}): needs 2-{len(LETTERS)} choices, has {len(self.choices)}")
+        if not 0 <= self.answer_index < len(self.choices):
+            raise ValueError(f"item {self.id!r} ({self.task}/{self.language}): answer_index {self.answer_index} outside its {len(self.choices)} choices")
+
+    @property
+    def answer_letter(self) -> str:
+        return LETTERS[self.answer_index]

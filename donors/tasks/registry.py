@@ -1,0 +1,71 @@
+"""Task registry: a name maps to a factory that builds a :class:`Task`.
+
+Like lm-evaluation-harness's registry, a task is found by name; the factory receives the
+options written under that task in the study config (a local task's paths, say).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Protocol, runtime_checkable
+
+from donors.tasks.item import Item, Split
+
+
+@runtime_checkable
+class Task(Protocol):
+    """Anything that yields aligned items per language and split."""
+
+    name: str
+    languages: tuple[str, ...]
+
+    def load(self, language: str, split: Split) -> list[Item]:
+        """Items of one language and split, in a deterministic order."""
+        ...
+
+
+TaskFactory = Callable[..., Task]
+_REGISTRY: dict[str, TaskFactory] = {}
+
+
+class UnknownTaskError(KeyError):
+    pass
+
+
+def register_task(name: str) -> Callable[[TaskFactory], TaskFactory]:
+    """Register ``factory`` under ``name`` (a decorator)."""
+
+    def decorate(factory: TaskFactory) -> TaskFactory:
+        if name in _REGISTRY and _REGISTRY[name] is not factory:
+            raise ValueError(f"task {name!r} is registered twice")
+        _REGISTRY[name] = factory
+        return factory
+
+    return decorate
+
+
+def _load_builtin_tasks() -> None:
+    # Importing the packs runs their @register_task decorators.
+    import donors.tasks.embedded  # noqa: F401
+    import donors.tasks.files, donors.tasks.published  # noqa: E401, F401
+
+
+def task_names() -> list[str]:
+    _load_builtin_tasks()
+    return sorted(_REGISTRY)
+
+
+def get_task(name: str, **options: Any) -> Task:
+    """Build the task registered as ``name`` with the config's ``options``.
+
+    With a ``source`` option, the factory registered under the source builds the task and
+    names it ``name``: ``{name: sib200, options: {source: files, ...}}``.
+    """
+    _load_builtin_tasks()
+    source = options.pop("source", None)
+    try:
+        factory = _REGISTRY[source or name]
+    except KeyError:
+        raise UnknownTaskError(
+            f"unknown task {source or name!r}; registered tasks: {', '.join(sorted(_REGISTRY))}"
+        ) from None
+    return factory(name=name, **options) if source else factory(**options)
