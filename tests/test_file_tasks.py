@@ -1,0 +1,321 @@
+"""Local-file tasks: the column mapping reads every format alike, and bad data stops with a message
+that names the file, the row and the fix.
+
+SIB-200 (``/work/shared/data/sib200``, read in place, never copied) is the real-data case.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import pyarrow
+import pyarrow.parquet
+import pytest
+
+from donors.config import load_config
+from donors.tasks import get_task
+from donors.tasks.data import DataError, load_study_data
+from donors.tasks.files import FileTask
+from donors.tasks.prompts import lettered_prompt
+
+REPO = Path(__file__).resolve().parents[1]
+SIB200 = REPO.parent / "shared" / "data" / "sib200"
+SIB200_CODES = {
+    "ar": "arb_Arab", "bn": "ben_Beng", "de": "deu_Latn", "en": "eng_Latn", "es": "spa_Latn", "fr": "fra_Latn",
+    "hi": "hin_Deva", "id": "ind_Latn", "it": "ita_Latn", "pt": "por_Latn", "zh": "zho_Hans",
+}
+SIB200_LABELS = ("science/technology", "travel", "politics", "sports", "health", "entertainment", "geography")
+needs_sib200 = pytest.mark.skipif(not SIB200.is_dir(), reason="the shared SIB-200 data is not on this machine")
+
+Rows = list[dict[str, Any]]
+
+
+def write_rows(path: Path, rows: Rows) -> Path:
+    """``rows`` in the format the suffix names; CSV and TSV cells hold lists as JSON."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".jsonl":
+        path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    elif path.suffix == ".parquet":
+        pyarrow.parquet.write_table(pyarrow.Table.from_pylist(rows), path)
+    else:
+        with path.open("w", encoding="utf-8", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["id"], delimiter="\t" if path.suffix == ".tsv" else ",")
+            writer.writeheader()
+            writer.writerows({k: json.dumps(v) if isinstance(v, list) else v for k, v in row.items()} for row in rows)
+    return path
+
+
+def quiz_rows(language: str, ids: range) -> Rows:
+    """Arithmetic questions with four option columns and a letter answer."""
+    return [
+        {
+            "qid": f"q{n}",
+            "stem": f"[{language}] {n} + 1 =",
+            "a": str(n + 1), "b": str(n + 2), "c": str(n), "d": str(n - 1),
+            "letter": "A",
+            "options": [str(n + 1), str(n + 2), str(n), str(n - 1)],
+            "position": 0,
+        }
+        for n in ids
+    ]
+
+
+def write_quiz(root: Path, languages: tuple[str, ...] = ("en", "de", "fr"), suffix: str = ".jsonl") -> str:
+    for language in languages:
+        write_rows(root / language / f"train{suffix}", quiz_rows(language, range(1, 5)))
+        write_rows(root / language / f"test{suffix}", quiz_rows(language, range(10, 13)))
+    return str(root / "{language}" / f"{{split}}{suffix}")
+
+
+def quiz_task(path: str, **options: Any) -> FileTask:
+    options = {
+        "source": "files",
+        "path": path,
+        "languages": ["en", "de", "fr"],
+        "columns": {"id": "qid", "question": "stem", "choices": ["a", "b", "c", "d"], "answer": "letter"},
+        "answer_type": "letter",
+        **options,
+    }
+    return get_task("quiz", **options)  # type: ignore[return-value]
+
+
+def raised(task: FileTask, *loads: tuple[str, str]) -> str:
+    with pytest.raises(DataError) as error:
+        for language, split in loads:
+            task.load(language, split)
+    return str(error.value)
+
+
+# --- SIB-200, the real data ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sib200() -> FileTask:
+    return get_task(
+        "sib200",
+        source="files",
+        path=str(SIB200 / "{language}" / "{split}.tsv"),
+        language_codes=SIB200_CODES,
+        columns={"id": "index_id", "question": "text", "answer": "category"},
+        labels=str(SIB200 / "eng_Latn" / "labels.txt"),
+        question_template="What is the topic of this sentence? {text}",
+    )  # type: ignore[return-value]
+
+
+@needs_sib200
+def test_sib200_items_are_aligned_across_languages(sib200: FileTask) -> None:
+    assert sib200.name == "sib200" and sib200.languages == tuple(SIB200_CODES)
+    for split, size in (("train", 701), ("test", 204)):
+        ids = {language: [item.id for item in sib200.load(language, split)] for language in sib200.languages}
+        assert all(len(language_ids) == size for language_ids in ids.values())
+        assert all(set(language_ids) == set(ids["en"]) for language_ids in ids.values())
+    assert not {i.id for i in sib200.load("en", "train")} & {i.id for i in sib200.load("en", "test")}
+    assert set(sib200.skipped.values()) == {0}
+
+
+@needs_sib200
+def test_sib200_items_have_seven_labels_and_the_right_answer(sib200: FileTask) -> None:
+    first = {language: sib200.load(language, "train")[0] for language in ("en", "de", "zh")}
+    for language, item in first.items():
+        assert (item.id, item.task, item.language) == ("431", "sib200", language)
+        assert item.choices == SIB200_LABELS
+        assert item.choices[item.answer_index] == "geography"
+    assert lettered_prompt(first["en"]) == (
+        "What is the topic of this sentence? Turkey is encircled by seas on three sides: the Aegean Sea to the west, "
+        "the Black Sea to the north and the Mediterranean Sea to the south.\n"
+        "A) science/technology\nB) travel\nC) politics\nD) sports\nE) health\nF) entertainment\nG) geography\nAnswer:"
+    )
+    assert first["de"].question.startswith("What is the topic of this sentence? Die Türkei")
+    answers = {item.choices[item.answer_index] for item in sib200.load("zh", "test")}
+    assert answers == set(SIB200_LABELS)
+
+
+@needs_sib200
+def test_sib200_study_config_loads_and_passes_the_study_checks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(REPO)
+    config = load_config(REPO / "configs" / "sib200.yaml")
+    assert config.task_names == ("sib200", "number_words") and config.languages == ("en", "de", "zh")
+    data = load_study_data(config)
+    sib_tests = {cell.language: [item.id for item in items] for cell, items in data.test.items() if cell.task == "sib200"}
+    assert sib_tests["en"] == sib_tests["de"] == sib_tests["zh"] and len(sib_tests["en"]) == config.eval.max_items
+
+
+# --- the column mapping ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv", ".tsv", ".parquet"])
+def test_every_format_reads_to_the_same_items(tmp_path: Path, suffix: str) -> None:
+    task = quiz_task(write_quiz(tmp_path, suffix=suffix))
+    item = task.load("de", "test")[0]
+    assert (item.id, item.task, item.question, item.choices, item.answer_index) == ("q10", "quiz", "[de] 10 + 1 =", ("11", "12", "10", "9"), 0)
+    assert [i.id for i in task.load("en", "test")] == ["q10", "q11", "q12"]
+
+
+def test_a_list_column_of_choices_with_an_index_answer(tmp_path: Path) -> None:
+    columns = {"id": "qid", "question": "stem", "choices": "options", "answer": "position"}
+    for suffix in (".jsonl", ".tsv"):
+        task = quiz_task(write_quiz(tmp_path / suffix[1:], suffix=suffix), columns=columns, answer_type="index")
+        item = task.load("fr", "train")[0]
+        assert item.choices == ("2", "3", "1", "0") and item.answer_index == 0
+
+
+def test_a_label_answer_matches_the_choice_text(tmp_path: Path) -> None:
+    for language in ("en", "de", "fr"):
+        for split, ids in (("train", range(1, 3)), ("test", range(10, 12))):
+            rows = quiz_rows(language, ids)
+            write_rows(tmp_path / language / f"{split}.jsonl", [{**row, "letter": row["c"]} for row in rows])
+    task = quiz_task(str(tmp_path / "{language}" / "{split}.jsonl"), answer_type="label")
+    assert [item.answer_index for item in task.load("en", "test")] == [2, 2]
+
+
+def test_question_columns_are_joined_into_the_template(tmp_path: Path) -> None:
+    rows = [{"id": 1, "premise": "It rained.", "hypothesis": "The street is wet.", "label": "entailment"}]
+    write_rows(tmp_path / "en" / "train.jsonl", rows)
+    task = get_task(
+        "nli",
+        source="files",
+        path=str(tmp_path / "{language}" / "{split}.jsonl"),
+        languages=["en"],
+        columns={"id": "id", "question": ["premise", "hypothesis"], "answer": "label"},
+        question_separator=" / ",
+        question_template="Does it follow? {question} ({label})",
+        labels=["entailment", "neutral", "contradiction"],
+    )
+    item = task.load("en", "train")[0]
+    assert item.id == "1" and item.question == "Does it follow? It rained. / The street is wet. (entailment)"
+    assert item.choices == ("entailment", "neutral", "contradiction") and item.answer_index == 0
+
+
+def test_labels_from_a_file_with_per_language_names(tmp_path: Path) -> None:
+    (tmp_path / "labels.txt").write_text("sports\nhealth\n\n", encoding="utf-8")
+    for code, text in (("eng", "A goal."), ("deu", "Ein Tor.")):
+        write_rows(tmp_path / code / "train.tsv", [{"index_id": "7", "category": "sports", "text": text}])
+    task = get_task(
+        "topics",
+        source="files",
+        path=str(tmp_path / "{language}" / "{split}.tsv"),
+        language_codes={"en": "eng", "de": "deu"},
+        columns={"id": "index_id", "question": "text", "answer": "category"},
+        labels=str(tmp_path / "labels.txt"),
+        label_names={"de": {"sports": "Sport", "health": "Gesundheit"}},
+    )
+    english, german = task.load("en", "train")[0], task.load("de", "train")[0]
+    assert english.choices == ("sports", "health") and german.choices == ("Sport", "Gesundheit")
+    assert english.answer_index == german.answer_index == 0 and german.question == "Ein Tor."
+
+
+def test_splits_map_our_split_names_to_the_files(tmp_path: Path) -> None:
+    path = write_quiz(tmp_path, languages=("en",))
+    (tmp_path / "en" / "test.jsonl").rename(tmp_path / "en" / "dev.jsonl")
+    task = quiz_task(path, languages=["en"], splits={"test": "dev"})
+    assert len(task.load("en", "test")) == 3 and len(task.load("en", "train")) == 4
+
+
+# --- bad data --------------------------------------------------------------------------------
+
+
+def test_a_missing_file_names_its_path_and_the_options_to_fix(tmp_path: Path) -> None:
+    task = quiz_task(write_quiz(tmp_path), language_codes={"de": "deu"})
+    message = raised(task, ("de", "train"))
+    assert str(tmp_path / "deu" / "train.jsonl") in message and "no such file" in message and "language_codes" in message
+
+
+def test_a_missing_column_names_the_file_and_the_column(tmp_path: Path) -> None:
+    task = quiz_task(write_quiz(tmp_path, suffix=".csv"), columns={"id": "qid", "question": "query", "choices": ["a", "b"], "answer": "letter"})
+    message = raised(task, ("en", "train"))
+    assert str(tmp_path / "en" / "train.csv") in message and "missing column 'query'" in message and "'stem'" in message
+
+
+def test_an_answer_not_among_the_choices_names_the_file_line_and_id(tmp_path: Path) -> None:
+    path = write_quiz(tmp_path, suffix=".tsv")
+    rows = quiz_rows("en", range(1, 5))
+    rows[2]["letter"] = "E"
+    write_rows(tmp_path / "en" / "train.tsv", rows)
+    message = raised(quiz_task(path), ("en", "train"))
+    assert f"{tmp_path / 'en' / 'train.tsv'}, line 4 (id 'q3')" in message
+    assert "'E'" in message and "A-D" in message and "skip_bad_rows: true" in message
+
+
+def test_skip_bad_rows_skips_counts_and_warns(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = write_quiz(tmp_path)
+    rows = quiz_rows("en", range(1, 5))
+    rows[0]["letter"], rows[3]["stem"] = "Z", "  "
+    write_rows(tmp_path / "en" / "train.jsonl", rows)
+    task = quiz_task(path, skip_bad_rows=True)
+    with caplog.at_level(logging.WARNING, logger="donors.tasks.files"):
+        items = task.load("en", "train")
+    assert [item.id for item in items] == ["q2", "q3"]
+    assert task.skipped[("en", "train")] == 2
+    warning = caplog.text
+    assert "skipped 2 of 4 rows" in warning and str(tmp_path / "en" / "train.jsonl") in warning
+    assert "line 1 (id 'q1')" in warning and "line 4 (id 'q4')" in warning
+
+
+def test_test_ids_not_aligned_across_languages_name_both_files_and_the_ids(tmp_path: Path) -> None:
+    path = write_quiz(tmp_path)
+    write_rows(tmp_path / "de" / "test.jsonl", quiz_rows("de", range(10, 12)) + quiz_rows("de", range(20, 21)))
+    message = raised(quiz_task(path), ("en", "test"), ("de", "test"))
+    assert f"only in {tmp_path / 'de' / 'test.jsonl'}: 'q20' (line 3)" in message
+    assert f"only in {tmp_path / 'en' / 'test.jsonl'}: 'q12' (line 3)" in message
+    assert "parallel" in message
+
+
+def test_duplicate_ids_name_the_file_and_both_lines(tmp_path: Path) -> None:
+    path = write_quiz(tmp_path, suffix=".csv")
+    rows = quiz_rows("fr", range(1, 5))
+    rows[3]["qid"] = "q2"
+    write_rows(tmp_path / "fr" / "train.csv", rows)
+    message = raised(quiz_task(path), ("fr", "train"))
+    assert f"{tmp_path / 'fr' / 'train.csv'}: id 'q2' is on both line 3 and line 5" in message
+
+
+def test_an_empty_split_names_the_file(tmp_path: Path) -> None:
+    path = write_quiz(tmp_path)
+    (tmp_path / "en" / "test.jsonl").write_text("\n", encoding="utf-8")
+    message = raised(quiz_task(path), ("en", "test"))
+    assert f"{tmp_path / 'en' / 'test.jsonl'}: no items" in message and "no rows" in message
+
+
+def test_all_rows_skipped_is_an_empty_split_too(tmp_path: Path) -> None:
+    path = write_quiz(tmp_path)
+    write_rows(tmp_path / "en" / "test.jsonl", [{**row, "letter": "?"} for row in quiz_rows("en", range(10, 12))])
+    message = raised(quiz_task(path, skip_bad_rows=True), ("en", "test"))
+    assert "all 2 rows were skipped" in message
+
+
+def test_train_test_overlap_names_both_files_and_the_id(tmp_path: Path) -> None:
+    path = write_quiz(tmp_path)
+    write_rows(tmp_path / "en" / "test.jsonl", quiz_rows("en", range(3, 6)))
+    message = raised(quiz_task(path), ("en", "train"), ("en", "test"))
+    assert f"'q3' (line 3), 'q4' (line 4) of {tmp_path / 'en' / 'train.jsonl'}" in message
+    assert f"'q3' (line 1), 'q4' (line 2) of {tmp_path / 'en' / 'test.jsonl'}" in message and "disjoint" in message
+
+
+def test_a_broken_jsonl_line_names_the_file_and_line(tmp_path: Path) -> None:
+    path = write_quiz(tmp_path)
+    with (tmp_path / "en" / "train.jsonl").open("a", encoding="utf-8") as handle:
+        handle.write('{"qid": "q9", \n')
+    message = raised(quiz_task(path), ("en", "train"))
+    assert f"{tmp_path / 'en' / 'train.jsonl'}, line 5: not valid JSON" in message
+
+
+@pytest.mark.parametrize(
+    "options, expected",
+    [
+        ({"colums": {}}, "colums: unknown option"),
+        ({"labels": ["x", "y"]}, "give the choices one way"),
+        ({"answer_type": None}, "set answer_type"),
+        ({"path": "data/{lang}/{split}.jsonl"}, "unknown placeholders ['lang']"),
+        ({"path": "data/{language}/all.jsonl"}, "needs a {split} placeholder"),
+        ({"path": "data/{language}/{split}.xml"}, "set format"),
+        ({"languages": None}, "list its languages"),
+    ],
+)
+def test_bad_options_name_the_task_and_the_fix(options: dict[str, Any], expected: str) -> None:
+    with pytest.raises(DataError) as error:
+        quiz_task(**{"path": "data/{language}/{split}.jsonl", **options})
+    assert "task 'quiz'" in str(error.value) and expected in str(error.value)
