@@ -1,0 +1,173 @@
+"""StudyConfig: one YAML file -> a validated object, checked before any compute.
+
+Defaults follow the published protocol (paper-protocol.md section 4). A bad value fails
+with the file, the field, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+GRID_LANGUAGES = ("ar", "bn", "de", "en", "es", "fr", "hi", "id", "it", "pt", "zh")
+PAPER_SEEDS = (17, 42, 101)
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+class ConfigError(ValueError):
+    """A study config that cannot run; the message says where and how to fix it."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TaskSpec(_Section):
+    """A task by registry name, with the options its factory takes (paths, column maps...)."""
+
+    name: str
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class LoraConfig(_Section):
+    r: int = Field(32, gt=0)
+    alpha: int = Field(64, gt=0)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: tuple[str, ...] = LORA_TARGETS
+
+    @field_validator("target_modules")
+    @classmethod
+    def _non_empty(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("name at least one module, e.g. [q_proj, v_proj]")
+        return value
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(3, gt=0)
+    learning_rate: float = Field(5e-5, gt=0.0, le=1.0)
+    warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0)
+    batch_size: int = Field(8, gt=0, description="effective batch size (examples per optimiser step)")
+    micro_batch_size: int | None = Field(None, gt=0, description="examples per forward pass; the rest is gradient accumulation")
+    max_length: int = Field(256, ge=8)
+    validation_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    split_seed: int = 42
+    keep_best: bool = Field(True, description="keep the epoch with the lowest validation loss")
+    max_items: int | None = Field(None, gt=0, description="cap on training items per source (before the validation split)")
+    chat_template: bool = False
+    weight_decay: float = Field(0.0, ge=0.0)
+
+    @model_validator(mode="after")
+    def _micro_divides(self) -> "TrainConfig":
+        if self.micro_batch_size and self.batch_size % self.micro_batch_size:
+            raise ValueError(f"micro_batch_size {self.micro_batch_size} must divide batch_size {self.batch_size}")
+        return self
+
+
+class EvalConfig(_Section):
+    max_items: int | None = Field(None, gt=0, description="items per target (the first N by id order); all if unset")
+    prompt_format: Literal["lettered"] = "lettered"
+    metric: Literal["acc"] = "acc"
+    chat_template: bool = True
+    batch_size: int = Field(32, gt=0)
+
+
+class StudyConfig(_Section):
+    """Everything a study needs; the output directory holds its store, adapters and report."""
+
+    name: str = "study"
+    output_dir: Path = Path("studies/study")
+    models: tuple[str, ...]
+    tasks: tuple[TaskSpec, ...]
+    languages: tuple[str, ...] = GRID_LANGUAGES
+    seeds: tuple[int, ...] = PAPER_SEEDS
+    lora: LoraConfig = LoraConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    executor: Literal["local"] = "local"
+    dtype: Literal["auto", "float32", "bfloat16"] = Field("auto", description="auto: bf16 on a GPU that supports it, else float32")
+    trust_remote_code: bool = False
+
+    @field_validator("tasks", mode="before")
+    @classmethod
+    def _tasks_from_names(cls, value: Any) -> Any:
+        if isinstance(value, (list, tuple)):
+            return [TaskSpec(name=v) if isinstance(v, str) else v for v in value]
+        return value
+
+    @field_validator("models", "tasks", "languages", "seeds")
+    @classmethod
+    def _non_empty_unique(cls, value: tuple) -> tuple:
+        if not value:
+            raise ValueError("list at least one")
+        keys = [v.name if isinstance(v, TaskSpec) else v for v in value]
+        duplicates = sorted({str(k) for k in keys if keys.count(k) > 1})
+        if duplicates:
+            raise ValueError(f"listed twice: {', '.join(duplicates)}")
+        return value
+
+    @field_validator("languages")
+    @classmethod
+    def _language_codes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for code in value:
+            if not (2 <= len(code) <= 3 and code.isalpha() and code.islower()):
+                raise ValueError(f"{code!r} is not a language code; use ISO 639-1 like {', '.join(GRID_LANGUAGES)}")
+        return value
+
+    @property
+    def task_names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.tasks)
+
+    def recipe_hash(self) -> str:
+        """Hash of every setting that changes a trained adapter or a score (not the grid)."""
+        recipe = {k: getattr(self, k).model_dump(mode="json") for k in ("lora", "train", "eval")}
+        recipe["tasks"] = [t.model_dump(mode="json") for t in self.tasks]
+        recipe["dtype"] = self.dtype
+        blob = json.dumps(recipe, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _format_errors(error: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid study config"]
+    for e in error.errors():
+        field = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        value = e.get("input")
+        shown = "" if isinstance(value, dict) else f" (got {value!r})"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field; check its spelling against the documented fields"
+        elif e["type"] == "missing":
+            msg = "required field is missing"
+        lines.append(f"  - {field}: {msg}{shown}")
+    return "\n".join(lines)
+
+
+def config_from_dict(data: dict[str, Any], source: str = "<config>") -> StudyConfig:
+    """Validate a plain dict; errors name ``source``, the field, the value and what is allowed."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: a study config is a mapping of fields (name, models, tasks, ...), got {type(data).__name__}")
+    try:
+        return StudyConfig.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(_format_errors(error, source)) from None
+
+
+def load_config(path: str | Path) -> StudyConfig:
+    """Read a YAML study config with ``yaml.safe_load`` and validate it."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    config = config_from_dict(data, source=str(path))
+    if not config.output_dir.is_absolute():
+        # A relative output_dir is relative to the working directory, as users expect of a CLI.
+        config = config.model_copy(update={"output_dir": Path.cwd() / config.output_dir})
+    return config

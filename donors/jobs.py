@@ -1,0 +1,65 @@
+"""The jobs a study config implies: small, hashable descriptions with stable ids.
+
+Given the same config the same jobs come out with the same ids, so resuming a study is
+"skip the ids already in the store".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from donors.config import StudyConfig
+from donors.grid import Cell
+from donors.records import ModelState
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    """Fine-tune ``model`` on ``source`` with ``seed``."""
+
+    model: str
+    source: Cell
+    seed: int
+
+    @property
+    def state(self) -> ModelState:
+        return ModelState(self.model, self.source, self.seed)
+
+    @property
+    def job_id(self) -> str:
+        return self.state.state_id
+
+    def adapter_dir(self, study_dir: Path) -> Path:
+        safe_model = self.model.replace("/", "__")
+        return Path(study_dir) / "adapters" / safe_model / self.source.task / self.source.language / f"seed{self.seed}"
+
+
+@dataclass(frozen=True)
+class EvalJob:
+    """Score one model state on one target."""
+
+    state: ModelState
+    target: Cell
+
+    @property
+    def job_id(self) -> str:
+        return f"eval:{self.state.state_id}:{self.target}"
+
+
+def cells(config: StudyConfig) -> list[Cell]:
+    """Every (task, language) of the grid: the sources, and equally the targets."""
+    return [Cell(task, language) for task in config.task_names for language in config.languages]
+
+
+def train_jobs(config: StudyConfig) -> list[TrainJob]:
+    return [TrainJob(model, source, seed) for model in config.models for source in cells(config) for seed in config.seeds]
+
+
+def model_states(config: StudyConfig, model: str) -> list[ModelState]:
+    """The base model first, then every adapted state of ``model``."""
+    return [ModelState(model)] + [job.state for job in train_jobs(config) if job.model == model]
+
+
+def eval_jobs(config: StudyConfig) -> list[EvalJob]:
+    return [EvalJob(state, target) for model in config.models for state in model_states(config, model) for target in cells(config)]

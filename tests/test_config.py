@@ -1,0 +1,67 @@
+from pathlib import Path
+
+import pytest
+
+from donors.config import ConfigError, load_config
+
+GOOD = """
+name: t
+output_dir: {out}
+models: [smollm2-135m]
+tasks: [number_words]
+languages: [en, de]
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "study.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_follow_the_published_protocol(tmp_path):
+    config = load_config(write(tmp_path, GOOD.format(out=tmp_path / "s")))
+    assert (config.lora.r, config.lora.alpha, config.lora.dropout) == (32, 64, 0.0)
+    assert config.lora.target_modules == ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    assert (config.train.epochs, config.train.learning_rate, config.train.warmup_ratio) == (3, 5e-5, 0.1)
+    assert (config.train.validation_fraction, config.train.split_seed, config.train.keep_best) == (0.1, 42, True)
+    assert config.seeds == (17, 42, 101)
+    assert config.train.chat_template is False and config.eval.chat_template is True
+    assert config.trust_remote_code is False
+
+
+@pytest.mark.parametrize(
+    "bad, field, hint",
+    [
+        ("lora: {r: 0}", "lora.r", "greater than 0"),
+        ("train: {learning_rate: -1}", "train.learning_rate", "-1"),
+        ("train: {epocs: 3}", "train.epocs", "unknown field"),
+        ("languages: [english]", "languages", "not a language code"),
+        ("seeds: []", "seeds", "at least one"),
+        ("train: {batch_size: 8, micro_batch_size: 3}", "train", "must divide"),
+        ("eval: {prompt_format: cloze}", "eval.prompt_format", "lettered"),
+    ],
+)
+def test_bad_config_names_file_field_value_and_fix(tmp_path, bad, field, hint):
+    text = GOOD.format(out=tmp_path / "s")
+    key = bad.split(":")[0]
+    text = "\n".join(line for line in text.splitlines() if not line.startswith(key + ":")) + "\n" + bad + "\n"
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as raised:
+        load_config(path)
+    message = str(raised.value)
+    assert str(path) in message and field in message and hint in message
+
+
+def test_missing_models_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="models: required field is missing"):
+        load_config(write(tmp_path, "tasks: [number_words]\n"))
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(write(tmp_path, "models: [a\n"))
+    with pytest.raises(ConfigError, match="no such config file"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_yaml_is_loaded_safely(tmp_path):
+    with pytest.raises(ConfigError):
+        load_config(write(tmp_path, "models: !!python/object/apply:os.system ['true']\ntasks: [a]\n"))
