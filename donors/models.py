@@ -26,6 +26,11 @@ import torch
 from filelock import FileLock
 from platformdirs import user_cache_dir
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.utils import logging as hf_logging
+
+# Our own progress bars say what is happening; the library's per-load bars are noise here.
+hf_logging.disable_progress_bar()
+hf_logging.set_verbosity_error()
 
 
 class ModelError(RuntimeError):

@@ -1,0 +1,222 @@
+"""Fine-tune one source with LoRA: the study's recipe, without its wasted FLOPs.
+
+The optimisation problem is the published one (paper-protocol.md section 4): the same
+examples, loss on the answer only, AdamW with linear warmup and decay, gradient clipping
+at 1.0, validation every epoch and the best epoch kept. What differs is cost: batches are
+padded only to their longest example, and the output head runs only at the positions that
+carry loss, never over the full sequence.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from peft import LoraConfig as PeftLoraConfig
+from peft import get_peft_model
+from transformers import get_linear_schedule_with_warmup
+
+from donors.config import LoraConfig, TrainConfig
+from donors.tasks.item import Item
+from donors.models import causal_lm_parts, head_logits
+from donors.tasks.prompts import EncodedExample, answer_continuation, encode_example, render_prompt
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot finish (a non-finite loss, say); the study records it and goes on."""
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    train_ids: tuple[str, ...]
+    validation_ids: tuple[str, ...]
+    validation_losses: tuple[float, ...]
+    best_epoch: int | None
+    seconds: float
+    steps: int
+
+
+def split_train_validation(items: Sequence[Item], fraction: float, seed: int) -> tuple[list[Item], list[Item]]:
+    """A fixed-seed shuffle, then the last ``ceil(fraction * n)`` items validate (300 -> 270/30)."""
+    ordered = sorted(items, key=lambda item: item.id)
+    random.Random(seed).shuffle(ordered)
+    n_validation = math.ceil(fraction * len(ordered)) if fraction > 0 else 0
+    if n_validation and n_validation >= len(ordered):
+        raise TrainingError(f"validation_fraction {fraction} leaves no training items out of {len(ordered)}")
+    cut = len(ordered) - n_validation
+    return ordered[:cut], ordered[cut:]
+
+
+def training_text(item: Item, tokenizer, train: TrainConfig, model_name: str) -> tuple[str, str]:
+    """(prompt, target): the target is the answer letter, or the item's own target text."""
+    if item.target_text is not None:
+        return "", item.target_text
+    prompt = render_prompt(item, tokenizer, chat_template=train.chat_template, model_name=model_name)
+    return prompt, answer_continuation(item.answer_letter)
+
+
+def _collate(batch: Sequence[EncodedExample], pad_id: int, device: torch.device):
+    """Right-pad to the longest example of this batch only, and list the loss positions."""
+    width = max(len(e.input_ids) for e in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    rows, positions, labels = [], [], []
+    for row, example in enumerate(batch):
+        n = len(example.input_ids)
+        ids[row, :n] = torch.tensor(example.input_ids)
+        mask[row, :n] = 1
+        for position in range(example.loss_start, n):
+            rows.append(row)
+            positions.append(position - 1)  # the logits at t-1 predict token t
+            labels.append(example.input_ids[position])
+    index = (torch.tensor(rows), torch.tensor(positions))
+    return ids.to(device), mask.to(device), index, torch.tensor(labels, device=device)
+
+
+def _loss_sum(model, batch, pad_id: int) -> tuple[torch.Tensor, int]:
+    """Summed cross-entropy over the batch's answer tokens, the head applied only there."""
+    body, head, softcap = causal_lm_parts(model)
+    ids, mask, (rows, positions), labels = _collate(batch, pad_id, next(model.parameters()).device)
+    hidden = body(input_ids=ids, attention_mask=mask).last_hidden_state
+    logits = head_logits(hidden[rows, positions], head, softcap)
+    return F.cross_entropy(logits.float(), labels, reduction="sum"), len(labels)
+
+
+@torch.no_grad()
+def validation_loss(model, examples: Sequence[EncodedExample], pad_id: int, batch_size: int) -> float:
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for start in range(0, len(examples), batch_size):
+        loss, n = _loss_sum(model, examples[start : start + batch_size], pad_id)
+        total, count = total + loss.item(), count + n
+    model.train(was_training)
+    return total / max(count, 1)
+
+
+def train_lora(
+    model,
+    tokenizer,
+    items: Sequence[Item],
+    *,
+    lora: LoraConfig,
+    train: TrainConfig,
+    seed: int,
+    output_dir: Path,
+    model_name: str = "",
+    on_step: Callable[[int, int], None] | None = None,
+) -> TrainResult:
+    """Train a LoRA adapter on ``items`` and save the best epoch's adapter to ``output_dir``.
+
+    The adapter is written to a temporary directory first and renamed into place, so a
+    killed run never leaves a half-written adapter where a finished one is expected.
+    """
+    started = time.perf_counter()
+    torch.manual_seed(seed)
+    train_items, validation_items = split_train_validation(items, train.validation_fraction, train.split_seed)
+    if not train_items:
+        raise TrainingError("no training items")
+
+    def encode(batch: Sequence[Item]) -> list[EncodedExample]:
+        return [encode_example(*training_text(i, tokenizer, train, model_name), tokenizer, train.max_length) for i in batch]
+
+    train_examples, validation_examples = encode(train_items), encode(validation_items)
+    pad_id = tokenizer.pad_token_id
+
+    peft_config = PeftLoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning)  # a transformers deprecation inside peft
+        peft_model = get_peft_model(model, peft_config)
+    trainable = [p for p in peft_model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=train.learning_rate, weight_decay=train.weight_decay)
+
+    micro = train.micro_batch_size or train.batch_size
+    steps_per_epoch = math.ceil(len(train_examples) / train.batch_size)
+    total_steps = steps_per_epoch * train.epochs
+    scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(train.warmup_ratio * total_steps), total_steps)
+
+    order_rng = random.Random(seed)
+    losses: list[float] = []
+    best_state, best_epoch, step = None, None, 0
+    peft_model.train()
+    for epoch in range(train.epochs):
+        order = list(range(len(train_examples)))
+        order_rng.shuffle(order)
+        for first in range(0, len(order), train.batch_size):
+            batch = [train_examples[i] for i in order[first : first + train.batch_size]]
+            n_tokens = sum(len(e.input_ids) - e.loss_start for e in batch)
+            optimizer.zero_grad(set_to_none=True)
+            step_loss = 0.0
+            for start in range(0, len(batch), micro):
+                loss, _ = _loss_sum(peft_model, batch[start : start + micro], pad_id)
+                loss = loss / n_tokens
+                if not torch.isfinite(loss):
+                    raise TrainingError(
+                        f"non-finite loss ({loss.item()}) at step {step + 1} of epoch {epoch + 1}; "
+                        "lower train.learning_rate or check the source's data"
+                    )
+                loss.backward()
+                step_loss += loss.item()
+            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            if on_step:
+                on_step(step, total_steps)
+        if validation_examples:
+            losses.append(validation_loss(peft_model, validation_examples, pad_id, micro))
+            if not math.isfinite(losses[-1]):
+                raise TrainingError(f"non-finite validation loss after epoch {epoch + 1}")
+            if train.keep_best and (best_epoch is None or losses[-1] < losses[best_epoch - 1]):
+                best_epoch = epoch + 1
+                best_state = {k: v.detach().clone() for k, v in peft_model.named_parameters() if v.requires_grad}
+
+    if best_state is not None:
+        with torch.no_grad():
+            for name, parameter in peft_model.named_parameters():
+                if name in best_state:
+                    parameter.copy_(best_state[name])
+    peft_model.eval()
+    result = TrainResult(
+        train_ids=tuple(i.id for i in train_items),
+        validation_ids=tuple(i.id for i in validation_items),
+        validation_losses=tuple(losses),
+        best_epoch=best_epoch if train.keep_best else None,
+        seconds=time.perf_counter() - started,
+        steps=step,
+    )
+    _save_adapter(peft_model, output_dir, result, seed)
+    return result
+
+
+def _save_adapter(peft_model, output_dir: Path, result: TrainResult, seed: int) -> None:
+    output_dir = Path(output_dir)
+    partial = output_dir.with_name(output_dir.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    peft_model.save_pretrained(partial, safe_serialization=True)
+    meta = {
+        "seed": seed,
+        "train_ids": result.train_ids,
+        "validation_ids": result.validation_ids,
+        "validation_losses": result.validation_losses,
+        "best_epoch": result.best_epoch,
+    }
+    (partial / "donors_adapter.json").write_text(json.dumps(meta, indent=1))
+    shutil.rmtree(output_dir, ignore_errors=True)
+    partial.rename(output_dir)

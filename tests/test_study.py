@@ -1,0 +1,137 @@
+"""End to end on the real embedded model and real embedded data: run, rerun, kill and resume."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from donors import api
+from donors.grid import Cell, Regime
+
+TINY = {
+    "name": "tiny <study>",
+    "models": ["smollm2-135m"],
+    "tasks": ["number_words", "cldr_continent"],
+    "languages": ["en", "de"],
+    "seeds": [17],
+    "lora": {"r": 8, "alpha": 16},
+    "train": {"epochs": 1, "batch_size": 4, "max_items": 12, "learning_rate": 1e-3},
+    "eval": {"max_items": 6, "chat_template": False},
+}
+N_STATES = 1 + 4  # the base model and one adapter per source
+N_TARGETS = 4
+
+
+def write_config(directory: Path, **overrides) -> Path:
+    config = {**TINY, "output_dir": str(directory / "study"), **overrides}
+    path = directory / "study.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.fixture(scope="module")
+def finished_study(tmp_path_factory) -> tuple[Path, Path]:
+    directory = tmp_path_factory.mktemp("tiny")
+    config = write_config(directory)
+    report = api.run_study(config)
+    return config, report
+
+
+def store_rows(study_dir: Path, table: str) -> pd.DataFrame:
+    with sqlite3.connect(study_dir / "results.sqlite") as db:
+        return pd.read_sql_query(f"SELECT * FROM {table}", db)
+
+
+def test_study_scores_every_state_on_every_target(finished_study):
+    config, report = finished_study
+    study_dir = report.parent
+    scores = store_rows(study_dir, "scores")
+    assert len(scores) == N_STATES * N_TARGETS
+    assert len(store_rows(study_dir, "predictions")) == N_STATES * N_TARGETS * 6
+    adapters = store_rows(study_dir, "adapters")
+    assert len(adapters) == 4
+    assert all(len(eval(ids)) == 10 for ids in adapters["train_ids"])  # 12 items, 2 validate
+    for path in adapters["path"]:
+        files = {p.name for p in (study_dir / path).iterdir()}
+        assert {"adapter_model.safetensors", "adapter_config.json", "donors_adapter.json"} <= files
+        assert not any(name.endswith((".bin", ".pt", ".pkl")) for name in files)
+
+
+def test_results_table_has_the_published_schema_and_regimes(finished_study):
+    _, report = finished_study
+    results = pd.read_csv(report.parent / "transfer_results.csv")
+    for column in ("model_name", "model_size", "fine_tuned_dataset", "fine_tuned_language", "eval_dataset",
+                   "eval_language", "regime", "score_mean", "score_base_mean", "delta_score_norm_mean", "n_seeds"):
+        assert column in results.columns
+    assert len(results) == 4 * N_TARGETS
+    assert results["model_size"].eq(0.135).all()
+    for row in results.itertuples():
+        expected = Regime.of(Cell(row.fine_tuned_dataset, row.fine_tuned_language), Cell(row.eval_dataset, row.eval_language))
+        assert row.regime == expected.value
+        assert row.delta_score_norm_mean == pytest.approx(100 * (row.score_norm_mean - row.score_norm_base_mean))
+    assert results["regime"].value_counts().to_dict() == {"MT-ML": 4, "MT-CL": 4, "CT-ML": 4, "CT-CL": 4}
+
+
+def test_report_is_self_contained_and_escaped(finished_study):
+    _, report = finished_study
+    page = report.read_text()
+    assert "tiny &lt;study&gt;" in page and "tiny <study>" not in page
+    assert "data:image/png;base64," in page
+    assert "http://" not in page and "https://" not in page
+    for regime in ("MT-CL", "CT-ML", "CT-CL"):
+        assert regime in page
+
+
+def test_rerun_is_a_no_op(finished_study):
+    config, report = finished_study
+    study_dir = report.parent
+    before = {t: store_rows(study_dir, t) for t in ("adapters", "scores", "predictions")}
+    adapter_files = sorted(study_dir.glob("adapters/**/adapter_model.safetensors"))
+    mtimes = [p.stat().st_mtime_ns for p in adapter_files]
+    api.run_study(config)
+    for table, frame in before.items():
+        pd.testing.assert_frame_equal(store_rows(study_dir, table), frame)
+    assert [p.stat().st_mtime_ns for p in adapter_files] == mtimes
+
+
+def test_killed_study_resumes_to_the_same_numbers(finished_study, tmp_path):
+    _, report = finished_study
+    reference = store_rows(report.parent, "scores").drop(columns=[]).sort_values(["state_id", "target_task", "target_language"])
+    config = write_config(tmp_path)
+    study_dir = tmp_path / "study"
+    process = subprocess.Popen([sys.executable, "-m", "donors.cli", "run", str(config), "--no-report"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and process.poll() is None:
+        if (study_dir / "results.sqlite").exists() and len(store_rows(study_dir, "adapters")) >= 2:
+            break
+        time.sleep(0.5)
+    assert process.poll() is None, "the study finished before it could be killed; make it larger"
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    partial = len(store_rows(study_dir, "adapters"))
+    assert 2 <= partial < 4
+    api.run_study(config, report=False)
+    resumed = store_rows(study_dir, "scores").sort_values(["state_id", "target_task", "target_language"])
+    pd.testing.assert_frame_equal(resumed.reset_index(drop=True), reference.reset_index(drop=True))
+    assert len(store_rows(study_dir, "predictions")) == N_STATES * N_TARGETS * 6
+    assert not list(study_dir.glob("adapters/**/*.partial"))
+
+
+def test_changed_recipe_is_refused_with_the_changed_field(finished_study, tmp_path):
+    from donors.config import ConfigError, load_config
+
+    config, report = finished_study
+    changed = load_config(config).model_copy(update={"output_dir": report.parent})
+    changed = changed.model_copy(update={"train": changed.train.model_copy(update={"epochs": 2})})
+    with pytest.raises(ConfigError, match=r"train\.epochs: 1 -> 2"):
+        api.run_study(changed)
