@@ -17,13 +17,15 @@ import pandas as pd
 from rich.console import Console
 
 from donors.config import ConfigError, StudyConfig, load_config
-from donors.jobs import cells, eval_jobs, train_jobs
+from donors import plan as planning
+from donors.jobs import eval_jobs, train_jobs
+from donors.plan import StudyPlan
 from donors.store import ResultsStore
 from donors.store.lock import study_lock
 
 STORE_NAME = "results.sqlite"
 
-__all__ = ["StudyConfig", "load_config", "run_study", "study_status", "plan_study", "results_of", "analyze", "write_report"]
+__all__ = ["StudyConfig", "StudyPlan", "load_config", "run_study", "study_status", "plan_study", "results_of", "analyze", "write_report"]
 
 
 def store_path(study_dir: str | Path) -> Path:
@@ -35,11 +37,11 @@ def _check_same_recipe(store: ResultsStore, config: StudyConfig) -> None:
     stored = store.get_meta("recipe_hash")
     if stored is None:
         store.set_meta("recipe_hash", config.recipe_hash())
-        store.set_meta("recipe", json.dumps(_recipe(config), sort_keys=True))
+        store.set_meta("recipe", json.dumps(config.recipe(), sort_keys=True))
         return
     if stored != config.recipe_hash():
         old = json.loads(store.get_meta("recipe") or "{}")
-        new = _recipe(config)
+        new = config.recipe()
         changed = [f"{section}.{key}: {old.get(section, {}).get(key)!r} -> {value!r}"
                    for section, fields in new.items() if isinstance(fields, dict)
                    for key, value in fields.items() if old.get(section, {}).get(key) != value]
@@ -49,13 +51,6 @@ def _check_same_recipe(store: ResultsStore, config: StudyConfig) -> None:
             "Use a new output_dir for the new settings, or restore the old ones to resume. "
             "The grid (models, tasks' languages, seeds) may grow freely."
         )
-
-
-def _recipe(config: StudyConfig) -> dict:
-    recipe = {k: getattr(config, k).model_dump(mode="json") for k in ("lora", "train", "eval")}
-    recipe["tasks"] = [t.model_dump(mode="json") for t in config.tasks]
-    recipe["dtype"] = config.dtype
-    return recipe
 
 
 def run_study(config: StudyConfig | str | Path, *, console: Console | None = None, report: bool = True) -> Path:
@@ -71,12 +66,12 @@ def run_study(config: StudyConfig | str | Path, *, console: Console | None = Non
     console = console or Console(stderr=True)
     study_dir = Path(config.output_dir)
     started = time.perf_counter()
+    console.print(f"[bold]data[/bold] loading {len(config.tasks)} task(s) x {len(config.languages)} language(s)")
+    data = load_study_data(config)  # bad data stops here, before anything is written
     with study_lock(study_dir):
         (study_dir / "config.json").write_text(config.model_dump_json(indent=1))
         with ResultsStore(store_path(study_dir)) as store:
             _check_same_recipe(store, config)
-            console.print(f"[bold]data[/bold] loading {len(config.tasks)} task(s) x {len(config.languages)} language(s)")
-            data = load_study_data(config)
             LocalExecutor(config, store, data, console).run()
             failures = store.failures()
         if len(failures):
@@ -121,19 +116,16 @@ def study_status(config: StudyConfig | str | Path) -> StudyStatus:
     return StudyStatus(t_done, t_failed, len(t_jobs) - t_done - t_failed, e_done, e_failed, len(e_jobs) - e_done - e_failed, failures)
 
 
-@dataclass(frozen=True)
-class StudyPlan:
-    train_jobs: int
-    eval_jobs: int
-    model_states: int
-    targets: int
-
-
-def plan_study(config: StudyConfig | str | Path) -> StudyPlan:
+def plan_study(
+    config: StudyConfig | str | Path,
+    *,
+    tflops: float = planning.DEFAULT_TFLOPS,
+    mfu: float = planning.DEFAULT_MFU,
+    chars_per_token: float = planning.CHARS_PER_TOKEN,
+) -> StudyPlan:
+    """Jobs, tokens and GPU-hours per model, without loading a model or fetching data (:mod:`donors.plan`)."""
     config = load_config(config) if not isinstance(config, StudyConfig) else config
-    n_targets = len(cells(config))
-    n_train = len(train_jobs(config))
-    return StudyPlan(n_train, len(eval_jobs(config)), len(config.models) + n_train, n_targets)
+    return planning.plan(config, tflops=tflops, mfu=mfu, chars_per_token=chars_per_token)
 
 
 def results_of(source: str | Path) -> pd.DataFrame:
@@ -175,7 +167,8 @@ def write_report(source: str | Path, out: str | Path | None = None) -> Path:
     out = Path(out) if out else (source / "report.html" if source.is_dir() else source.with_suffix(".html"))
     config_path = source / "config.json" if source.is_dir() else None
     settings = json.loads(config_path.read_text()) if config_path and config_path.exists() else None
-    out.write_text(build_report(tables, settings=settings, title=(settings or {}).get("name", source.stem)), encoding="utf-8")
+    figures_dir = out.parent / "figures"
+    out.write_text(build_report(tables, settings=settings, title=(settings or {}).get("name", source.stem), figures_dir=figures_dir), encoding="utf-8")
     results = results_of(source)
     results.to_csv(out.with_name("transfer_results.csv") if source.is_dir() else out.with_suffix(".results.csv"), index=False)
     return out

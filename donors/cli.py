@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from donors import api
+from donors import plan as planning
 from donors.config import ConfigError
 
 app = typer.Typer(help="Controlled transfer studies of LoRA fine-tuning across tasks and languages.", no_args_is_help=True)
@@ -25,10 +26,11 @@ def _handled(call):
     from donors.store.lock import StudyLockedError
     from donors.tasks.data import DataError
     from donors.tasks.prompts import ChatTemplateError
+    from donors.tasks.registry import UnknownTaskError
 
     try:
         return call()
-    except (ConfigError, DataError, StudyLockedError, ModelError, ChatTemplateError, FileNotFoundError) as error:
+    except (ConfigError, DataError, UnknownTaskError, StudyLockedError, ModelError, ChatTemplateError, FileNotFoundError) as error:
         _fail(error)
 
 
@@ -39,15 +41,60 @@ def run(config: Path = typer.Argument(..., help="study config (YAML)"), no_repor
     typer.echo(str(path))
 
 
+def _count(value: float) -> str:
+    """Big counts readable at a glance: 1234567 -> 1.23M."""
+    for size, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= size:
+            return f"{value / size:.3g}{suffix}"
+    return f"{value:.3g}"
+
+
+def _hours(value: float) -> str:
+    if value != value:
+        return "?"
+    return f"{value:,.2f}" if value >= 0.01 or value == 0 else f"{value:.1e}"
+
+
 @app.command()
-def plan(config: Path) -> None:
-    """Print the jobs a config implies, without running anything."""
-    p = _handled(lambda: api.plan_study(config))
-    table = Table(title=f"plan of {config}")
-    for column in ("training jobs", "model states", "targets", "evaluation jobs"):
-        table.add_column(column, justify="right")
-    table.add_row(str(p.train_jobs), str(p.model_states), str(p.targets), str(p.eval_jobs))
-    Console().print(table)
+def plan(
+    config: Path = typer.Argument(..., help="study config (YAML)"),
+    tflops: float = typer.Option(planning.DEFAULT_TFLOPS, "--tflops", help="peak dense TFLOP/s of one accelerator (default: H100 bf16)"),
+    mfu: float = typer.Option(planning.DEFAULT_MFU, "--mfu", help="fraction of the peak actually sustained"),
+    chars_per_token: float = typer.Option(planning.CHARS_PER_TOKEN, "--chars-per-token", help="characters per token when counting prompt tokens"),
+) -> None:
+    """Print the jobs, tokens and GPU-hours a config implies, without running anything."""
+    from donors.tasks.registry import UnknownTaskError
+
+    try:
+        # Not _handled: its error types import torch, which a plan never needs.
+        p = api.plan_study(config, tflops=tflops, mfu=mfu, chars_per_token=chars_per_token)
+    except (ValueError, UnknownTaskError, FileNotFoundError) as error:
+        _fail(error)
+    out = Console()
+    if not out.is_terminal:
+        out = Console(width=160)
+    table = Table(title=f"plan of {config}" + (" (partly estimated)" if p.estimated else ""))
+    for column in ("model", "params", "train jobs", "states", "eval jobs", "train tokens", "eval tokens",
+                   "train GPU-h", "eval GPU-h", "total GPU-h"):
+        table.add_column(column, justify="left" if column == "model" else "right", no_wrap=True)
+    for m in p.models:
+        params = "?" if m.params_from == "unknown" else f"{m.params_billions:g}B"
+        table.add_row(m.model.rstrip("/").rsplit("/", 1)[-1], params, f"{m.train_jobs:,}", f"{m.model_states:,}", f"{m.eval_jobs:,}", _count(m.train_tokens),
+                      _count(m.eval_tokens), _hours(m.train_gpu_hours), _hours(m.eval_gpu_hours), _hours(m.gpu_hours))
+    table.add_section()
+    table.add_row("total", "", f"{p.train_jobs:,}", f"{p.model_states:,}", f"{p.eval_jobs:,}", _count(p.train_tokens),
+                  _count(p.eval_tokens), _hours(sum(m.train_gpu_hours for m in p.models)),
+                  _hours(sum(m.eval_gpu_hours for m in p.models)), _hours(p.gpu_hours), style="bold")
+    out.print(table)
+    data = Table(title="data per task (all study languages, one pass)")
+    for column in ("task", "train items", "test items", "tokens / train item", "tokens / test item", "from"):
+        data.add_column(column, justify="left" if column in ("task", "from") else "right")
+    for t in p.tasks:
+        data.add_row(t.task, f"{t.train_items:,}", f"{t.test_items:,}", f"{t.train_tokens / max(t.train_items, 1):.0f}",
+                     f"{t.test_tokens / max(t.test_items, 1):.0f}", "estimate" if t.estimated else "data")
+    out.print(data)
+    for line in p.assumptions():
+        out.print(f"- {line}", highlight=False)
 
 
 @app.command()

@@ -72,7 +72,9 @@ class TrainConfig(_Section):
 class EvalConfig(_Section):
     max_items: int | None = Field(None, gt=0, description="items per target (the first N by id order); all if unset")
     prompt_format: Literal["lettered"] = "lettered"
-    metric: Literal["acc"] = "acc"
+    metric: Literal["acc", "acc_norm"] = Field(
+        "acc", description="acc_norm: lm-eval's length-normalised accuracy (the published score); equal to acc for one-letter answers"
+    )
     chat_template: bool = True
     batch_size: int = Field(32, gt=0)
 
@@ -123,12 +125,15 @@ class StudyConfig(_Section):
     def task_names(self) -> tuple[str, ...]:
         return tuple(t.name for t in self.tasks)
 
-    def recipe_hash(self) -> str:
-        """Hash of every setting that changes a trained adapter or a score (not the grid)."""
-        recipe = {k: getattr(self, k).model_dump(mode="json") for k in ("lora", "train", "eval")}
+    def recipe(self) -> dict[str, Any]:
+        """Every setting that changes a trained adapter or a score (not the grid)."""
+        recipe: dict[str, Any] = {k: getattr(self, k).model_dump(mode="json") for k in ("lora", "train", "eval")}
         recipe["tasks"] = [t.model_dump(mode="json") for t in self.tasks]
         recipe["dtype"] = self.dtype
-        blob = json.dumps(recipe, sort_keys=True)
+        return recipe
+
+    def recipe_hash(self) -> str:
+        blob = json.dumps(self.recipe(), sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

@@ -135,3 +135,10 @@ def test_changed_recipe_is_refused_with_the_changed_field(finished_study, tmp_pa
     changed = changed.model_copy(update={"train": changed.train.model_copy(update={"epochs": 2})})
     with pytest.raises(ConfigError, match=r"train\.epochs: 1 -> 2"):
         api.run_study(changed)
+
+
+def test_status_counts_finished_work(finished_study):
+    config, _ = finished_study
+    status = api.study_status(config)
+    assert (status.train_done, status.train_failed, status.train_pending) == (4, 0, 0)
+    assert (status.eval_done, status.eval_failed, status.eval_pending) == (N_STATES * N_TARGETS, 0, 0)

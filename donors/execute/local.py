@@ -172,7 +172,12 @@ class LocalExecutor:
                 overall = progress.add_task(f"train {model}", total=len(pending))
                 for job in pending:
                     try:
-                        self.train(job, progress)
+                        record = self.train(job, progress)
+                        losses = ", ".join(f"{v:.3f}" for v in record.validation_losses)
+                        progress.console.print(
+                            f"  trained {job.source} seed {job.seed}: validation loss per epoch [{losses}], "
+                            f"kept epoch {record.best_epoch}, {record.train_seconds:.0f} s"
+                        )
                     except Exception as error:  # noqa: BLE001 - record it, go on with the rest
                         self.store.record_failure(job.job_id, "train", _describe(error))
                         console.print(f"[red]training failed[/red] {job.job_id}: {error}")
@@ -181,6 +186,7 @@ class LocalExecutor:
             console.print(f"[bold]evaluate[/bold] {model}: {len(jobs)} (model state, target) pair(s) to score")
             with _progress(console) as progress:
                 self.evaluate_model(model, jobs, progress)
+            console.print(f"  scored {len(jobs)} pair(s) of {model}")
 
 
 def _describe(error: BaseException) -> str:

@@ -7,6 +7,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
 import pandas as pd  # noqa: E402
 
 
@@ -52,4 +53,30 @@ def donor_recipient_figure(roles: pd.DataFrame, key: str, title: str):
     ax.set_ylabel("recipient score (mean Δ received, pp)")
     ax.set_title(title)
     fig.tight_layout()
+    return fig
+
+
+def significance_heatmap(cells: pd.DataFrame, title: str = "Transfer (pp) and significance", alpha: float = 0.05):
+    """One model's item-level Δ, sources x targets; cells not significant after BH are hatched and dimmed.
+
+    ``cells`` is that model's rows of the ``paired_transfer_cells`` table.
+    """
+    frame = cells.assign(
+        source=cells["source_task"].astype(str) + "/" + cells["source_language"].astype(str),
+        target=cells["target_task"].astype(str) + "/" + cells["target_language"].astype(str),
+        significant=cells["significant"].fillna(False).astype(bool),
+    )
+    matrix = frame.pivot(index="source", columns="target", values="delta").sort_index().sort_index(axis=1)
+    significant = frame.pivot(index="source", columns="target", values="significant").reindex_like(matrix).fillna(False).astype(bool)
+    fig = transfer_heatmap(matrix, title=title)
+    ax = fig.axes[0]
+    for i in range(matrix.shape[0]):
+        for j in range(matrix.shape[1]):
+            if not significant.iat[i, j]:
+                ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, facecolor="white", alpha=0.55, hatch="///", edgecolor="0.6", lw=0))
+    fig.legend(
+        handles=[Patch(facecolor="white", edgecolor="0.6", hatch="///", label=f"not significant (q ≥ {alpha:g})")],
+        loc="lower center", fontsize=8, frameon=False,
+    )
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
     return fig

@@ -10,6 +10,7 @@ import html
 import io
 import json
 from datetime import datetime, timezone
+from pathlib import Path
 
 import matplotlib
 
@@ -17,7 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from donors.report.figures import donor_recipient_figure, transfer_heatmap  # noqa: E402
+from donors.report.figures import donor_recipient_figure, significance_heatmap, transfer_heatmap  # noqa: E402
 
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
@@ -25,28 +26,103 @@ h1{margin-bottom:.2em} h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margi
 table{border-collapse:collapse;font-size:.85em;margin:.5em 0}
 td,th{border:1px solid #ddd;padding:.25em .5em;text-align:right} th{background:#f5f5f5}
 img{max-width:100%} .note{color:#555;font-size:.9em} pre{background:#f7f7f7;padding:.7em;overflow-x:auto;font-size:.8em}
+.wide{overflow-x:auto;max-width:100%}
 """
 
 
-def _png(fig) -> str:
+def _png(fig, save_as: Path | None = None) -> str:
+    """The figure as an embedded image; also saved as a PNG file when ``save_as`` is given."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
+    if save_as is not None:
+        save_as.parent.mkdir(parents=True, exist_ok=True)
+        save_as.write_bytes(buffer.getvalue())
     return f'<img alt="figure" src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}">'
 
 
 def _table(frame: pd.DataFrame, digits: int = 2) -> str:
-    return frame.to_html(escape=True, float_format=lambda v: f"{v:.{digits}f}", na_rep="", border=0)
+    index = not isinstance(frame.index, pd.RangeIndex)
+    return "<div class='wide'>" + frame.to_html(escape=True, float_format=lambda v: f"{v:.{digits}f}", na_rep="", border=0, index=index) + "</div>"
+
+
+LARGE_TABLE_ROWS = 1000
+"""Tables longer than this are named in the report, not inlined; every table is saved as CSV."""
+SIGNIFICANT_ROWS_PER_MODEL = 25
+
+CELL_COLUMNS = ["model", "source", "target", "regime", "delta", "ci_low", "ci_high", "n_items", "n_seeds", "p_value", "q_value"]
+
+
+def _has_values(frame: pd.DataFrame | None) -> bool:
+    """A table with at least one finite number (a summary of nothing is all NaN)."""
+    if frame is None or frame.empty:
+        return False
+    numbers = frame.select_dtypes("number")
+    return bool(numbers.notna().to_numpy().any()) and not ("n_sources" in frame and (frame["n_sources"] == 0).all())
+
+
+def _cells_for_display(cells: pd.DataFrame) -> pd.DataFrame:
+    """Item-level cells as source → target rows, p and q in significant digits."""
+    shown = cells.assign(
+        source=cells["source_task"].astype(str) + "/" + cells["source_language"].astype(str),
+        target=cells["target_task"].astype(str) + "/" + cells["target_language"].astype(str),
+    )
+    shown = shown[[c for c in CELL_COLUMNS if c in shown]].copy()
+    for column in ("p_value", "q_value"):
+        if column in shown:
+            shown[column] = shown[column].map(lambda v: "" if pd.isna(v) else f"{v:.2g}")
+    return shown.reset_index(drop=True)
+
+
+def _significance_sections(tables: dict[str, pd.DataFrame], figure_path) -> list[str]:
+    """Per-model heatmaps with non-significant cells hatched, the significant transfers, the asymmetric pairs."""
+    cells = tables.get("paired_transfer_cells")
+    if cells is None or cells.empty:
+        return []
+    parts = [
+        "<h2>Significant transfers (item level)</h2>",
+        "<p class='note'>From the stored per-item predictions: Δ = 100 × (fine-tuned − base accuracy), averaged over seeds. "
+        "95% interval: paired bootstrap over test items (the same resampled items for base and fine-tuned, for every seed, "
+        "and for every language of a task). Test: McNemar's (one seed) or the paired sign-flip test on seed-averaged "
+        "per-item differences (several seeds), then Benjamini–Hochberg across all cells of each model. "
+        "Hatched, dimmed cells are not significant (q ≥ 0.05).</p>",
+    ]
+    for model, rows in cells.groupby("model", sort=True):
+        name = f"significance__{str(model).replace('/', '__')}"
+        parts += [f"<h3>{html.escape(str(model))}</h3>", _png(significance_heatmap(rows, title=f"{model}: Δ (pp), significant cells solid"), figure_path(name))]
+    significant = tables.get("significant_transfers")
+    transfers = cells[cells["regime"] != "MT-ML"]
+    if significant is None or significant.empty:
+        low, high = int(cells["n_items"].min()), int(cells["n_items"].max())
+        items = f"{low}" if low == high else f"{low}–{high}"
+        parts.append(f"<p>No transfer cell is significant at q &lt; 0.05 ({len(transfers)} transfer cells tested, "
+                     f"{items} items per target).</p>")
+    else:
+        listed = significant.groupby("model", sort=True).head(SIGNIFICANT_ROWS_PER_MODEL)
+        more = (f" The {SIGNIFICANT_ROWS_PER_MODEL} smallest q-values of each model are listed; all are in significant_transfers.csv."
+                if len(listed) < len(significant) else "")
+        parts += [f"<p>{len(significant)} of {len(transfers)} transfer cells are significant at q &lt; 0.05 (trained cells not listed).{more}</p>",
+                  _table(_cells_for_display(listed))]
+    asymmetric = tables.get("most_asymmetric_pairs")
+    if asymmetric is not None and not asymmetric.empty:
+        parts += ["<h2>Most asymmetric pairs</h2>",
+                  "<p class='note'>Asymmetry = Δ(A→B) − Δ(B→A), turned so that A→B is the larger direction; "
+                  "its 95% interval comes from the same item resamples as both cells.</p>",
+                  _table(asymmetric)]
+    return parts
 
 
 def _summary(tables: dict[str, pd.DataFrame]) -> list[str]:
     """A few plain sentences: the strongest donor, recipient, and the worst harm."""
     lines = []
     regimes = tables.get("regime_summary")
+    by_model = tables.get("regime_summary_by_model")
+    n_models = by_model.index.get_level_values(0).nunique() if by_model is not None and len(by_model) else 1
+    pooled = f" (pooled over {n_models} models)" if n_models > 1 else ""
     if regimes is not None and len(regimes):
         for regime, row in regimes.iterrows():
             lines.append(
-                f"{regime}: mean transfer {row['mean_delta']:+.2f} pp over {int(row['n'])} cells; "
+                f"{regime}{pooled}: mean transfer {row['mean_delta']:+.2f} pp over {int(row['n'])} cells; "
                 f"{row['positive_transfer_rate_pct']:.0f}% positive, {row['harm_rate_pct']:.0f}% harmed (Δ ≤ −1 pp)."
             )
     for name, key, what in (("language_donor_recipient", "lang", "language"), ("task_donor_recipient", "dataset", "task")):
@@ -67,10 +143,22 @@ def _summary(tables: dict[str, pd.DataFrame]) -> list[str]:
         (source, target), worst = stacked.idxmin(), stacked.min()
         if worst <= -1:
             lines.append(f"Largest harm for {name.split('__', 1)[1]}: training on {source} changed {target} by {worst:+.1f} pp.")
+    cells = tables.get("paired_transfer_cells")
+    if cells is not None and not cells.empty:
+        for model, rows in cells[cells["regime"] != "MT-ML"].groupby("model", sort=True):
+            n_significant = int(rows["significant"].fillna(False).astype(bool).sum())
+            lines.append(f"{model}: {n_significant} of {len(rows)} transfer cells significant after Benjamini–Hochberg (q < 0.05).")
     return lines
 
 
-def build_report(tables: dict[str, pd.DataFrame], *, settings: dict | None = None, title: str = "Transfer study") -> str:
+def build_report(
+    tables: dict[str, pd.DataFrame], *, settings: dict | None = None, title: str = "Transfer study", figures_dir: Path | None = None
+) -> str:
+    """The report page; with ``figures_dir`` each figure is also written there as a PNG."""
+
+    def figure_path(name: str) -> Path | None:
+        return figures_dir / f"{name}.png" if figures_dir is not None else None
+
     parts = [
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
         f"<title>{html.escape(title)} — donors report</title><style>{STYLE}</style></head><body>",
@@ -87,13 +175,19 @@ def build_report(tables: dict[str, pd.DataFrame], *, settings: dict | None = Non
         parts += ["<h2>Grid and settings</h2>", f"<pre>{html.escape(json.dumps(grid, indent=1))}</pre>"]
         recipe = {k: settings.get(k) for k in ("lora", "train", "eval")}
         parts += ["<details><summary>LoRA, training and evaluation settings</summary>", f"<pre>{html.escape(json.dumps(recipe, indent=1))}</pre></details>"]
+    by_model = tables.get("regime_summary_by_model")
+    if by_model is not None and not by_model.empty:
+        parts += ["<h2>Regimes per model</h2>",
+                  "<p class='note'>Each model on its own, before the pooled table: pooling cells across models can reverse "
+                  "a comparison that holds within every model. MT-ML is the trained cell itself and is kept out of the transfer regimes.</p>",
+                  _table(by_model)]
     if "regime_summary" in tables:
-        parts += ["<h2>Regimes</h2>", "<p class='note'>MT-ML is the trained cell itself and is kept out of the transfer regimes.</p>",
+        parts += ["<h2>Regimes (pooled over models)</h2>", "<p class='note'>MT-ML is the trained cell itself and is kept out of the transfer regimes.</p>",
                   _table(tables["regime_summary"])]
     for name, matrix in tables.items():
         if name.startswith("transfer_matrix__") and not matrix.empty:
             model = name.split("__", 1)[1]
-            parts += [f"<h2>Transfer matrix: {html.escape(model)}</h2>", _png(transfer_heatmap(matrix, title=f"{model}: transfer (pp)"))]
+            parts += [f"<h2>Transfer matrix: {html.escape(model)}</h2>", _png(transfer_heatmap(matrix, title=f"{model}: transfer (pp)"), figure_path(name))]
     for name, key, what, regime in (
         ("language_donor_recipient", "lang", "Languages", "MT-CL"),
         ("task_donor_recipient", "dataset", "Tasks", "CT-ML"),
@@ -102,14 +196,33 @@ def build_report(tables: dict[str, pd.DataFrame], *, settings: dict | None = Non
         if roles is not None and not roles.empty:
             parts += [f"<h2>{what} as donors and recipients ({regime})</h2>",
                       "<p class='note'>Donor: mean transfer a source gives; recipient: mean transfer a target receives (two-stage means, each model weighs equally).</p>",
-                      _png(donor_recipient_figure(roles, key=key, title=f"{what}: donor vs recipient ({regime})")), _table(roles)]
-    shown = {"regime_summary", "language_donor_recipient", "task_donor_recipient"}
+                      _png(donor_recipient_figure(roles, key=key, title=f"{what}: donor vs recipient ({regime})"), figure_path(name)), _table(roles)]
+    parts += _significance_sections(tables, figure_path)
+    shown = {
+        "regime_summary", "regime_summary_by_model", "language_donor_recipient", "task_donor_recipient",
+        "significant_transfers", "most_asymmetric_pairs",
+    }
+    if _has_values(tables.get("variance_decomposition_all")):
+        shown.add("variance_decomposition_all")
+        parts += ["<h2>Variance shares</h2>",
+                  "<p class='note'>Share (%) of the variance of transfer due to the model, the source and the target "
+                  "(mixed model, sources and targets nested in models), over all transfer cells and per regime.</p>",
+                  _table(tables["variance_decomposition_all"])]
+    if _has_values(tables.get("consistency_by_model")):
+        shown.add("consistency_by_model")
+        parts += ["<h2>Consistency across models</h2>",
+                  "<p class='note'>How alike models rank the recipients of a source: the mean Kendall τ-b over pairs of models, "
+                  "per source; its median and quartiles over sources, per regime.</p>",
+                  _table(tables["consistency_by_model"], 3)]
     rest = [k for k in tables if k not in shown and not k.startswith("transfer_matrix__")]
     if rest:
         parts.append("<h2>All tables</h2>")
         for name in rest:
             frame = tables[name]
             if frame is None or frame.empty:
+                continue
+            if len(frame) > LARGE_TABLE_ROWS:
+                parts.append(f"<p class='note'>{html.escape(name)}: {len(frame):,} rows, saved as {html.escape(name)}.csv with the analysis tables.</p>")
                 continue
             parts += [f"<details><summary>{html.escape(name)}</summary>", _table(frame, 3), "</details>"]
     parts.append("</body></html>")

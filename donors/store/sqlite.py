@@ -186,6 +186,21 @@ class ResultsStore:
         )
         return frame
 
+    def item_outcomes(self) -> pd.DataFrame:
+        """One row per (model state, target, item): who the state is, and whether it was right.
+
+        Base-model rows have null source and seed. Paired statistics (bootstrap, McNemar)
+        join an adapted state's rows to the base rows of the same model, target and item.
+        """
+        return pd.read_sql_query(
+            "SELECT s.model, s.seed, s.source_task, s.source_language, p.target_task, p.target_language, "
+            "p.item_id, p.gold, p.predicted, (p.gold = p.predicted) AS correct "
+            "FROM predictions p JOIN scores s ON s.state_id = p.state_id "
+            "AND s.target_task = p.target_task AND s.target_language = p.target_language "
+            "ORDER BY s.model, s.source_task, s.source_language, s.seed, p.target_task, p.target_language, p.item_id",
+            self._db,
+        )
+
     def counts(self) -> dict[str, int]:
         return {
             table: self._db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]

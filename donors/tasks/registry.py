@@ -27,8 +27,8 @@ TaskFactory = Callable[..., Task]
 _REGISTRY: dict[str, TaskFactory] = {}
 
 
-class UnknownTaskError(KeyError):
-    pass
+class UnknownTaskError(ValueError):
+    """A task name nobody registered; the message lists the names that are."""
 
 
 def register_task(name: str) -> Callable[[TaskFactory], TaskFactory]:
