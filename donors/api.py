@@ -72,7 +72,8 @@ def run_study(config: StudyConfig | str | Path, *, console: Console | None = Non
         (study_dir / "config.json").write_text(config.model_dump_json(indent=1))
         with ResultsStore(store_path(study_dir)) as store:
             _check_same_recipe(store, config)
-            LocalExecutor(config, store, data, console).run()
+            executor = LocalExecutor if config.executor == "local" else _ray_executor()
+            executor(config, store, data, console).run()
             failures = store.failures()
         if len(failures):
             console.print(f"[yellow]{len(failures)} job(s) failed[/yellow]; see `donors status` for the errors")
@@ -82,6 +83,14 @@ def run_study(config: StudyConfig | str | Path, *, console: Console | None = Non
         path = write_report(study_dir)
     console.print(f"[bold]done[/bold] in {time.perf_counter() - started:.0f} s")
     return path
+
+
+def _ray_executor():
+    try:
+        from donors.execute.ray import RayExecutor
+    except ImportError as error:
+        raise ConfigError(f"executor: ray needs Ray installed (pip install 'donors[ray]'): {error}") from None
+    return RayExecutor
 
 
 @dataclass(frozen=True)

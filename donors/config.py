@@ -79,6 +79,16 @@ class EvalConfig(_Section):
     batch_size: int = Field(32, gt=0)
 
 
+class RayConfig(_Section):
+    """Where and how Ray runs the jobs (``executor: ray``)."""
+
+    address: str | None = Field(None, description="a running cluster ('auto', 'ray://host:10001'); unset starts a local one")
+    num_cpus: int | None = Field(None, gt=0, description="CPUs of the local cluster started when address is unset")
+    cpus_per_job: float = Field(1.0, gt=0)
+    gpus_per_job: float | None = Field(None, ge=0, description="unset: 1 when the cluster has GPUs, else 0")
+    max_retries: int = Field(2, ge=0, description="retries of a failed job before it is recorded as failed")
+
+
 class StudyConfig(_Section):
     """Everything a study needs; the output directory holds its store, adapters and report."""
 
@@ -91,7 +101,9 @@ class StudyConfig(_Section):
     lora: LoraConfig = LoraConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
-    executor: Literal["local"] = "local"
+    storage_dir: Path | None = Field(None, description="where adapters are written; every node must read it; default: output_dir")
+    executor: Literal["local", "ray"] = "local"
+    ray: RayConfig = RayConfig()
     dtype: Literal["auto", "float32", "bfloat16"] = Field("auto", description="auto: bf16 on a GPU that supports it, else float32")
     trust_remote_code: bool = False
 
@@ -120,6 +132,10 @@ class StudyConfig(_Section):
             if not (2 <= len(code) <= 3 and code.isalpha() and code.islower()):
                 raise ValueError(f"{code!r} is not a language code; use ISO 639-1 like {', '.join(GRID_LANGUAGES)}")
         return value
+
+    @property
+    def adapter_storage(self) -> Path:
+        return Path(self.storage_dir or self.output_dir)
 
     @property
     def task_names(self) -> tuple[str, ...]:

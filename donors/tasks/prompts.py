@@ -8,14 +8,18 @@ from donors.tasks.item import LETTERS, Item
 
 
 def lettered_prompt(item: Item) -> str:
-    """Question, lettered options ``A) ...``, then ``Answer:``; the answer is `` X``."""
+    """Question, lettered options ``A) ...``, then ``Answer:``; see :func:`answer_continuation` for the answer."""
     options = "\n".join(f"{LETTERS[i]}) {choice}" for i, choice in enumerate(item.choices))
     return f"{item.question}\n{options}\nAnswer:"
 
 
-def answer_continuation(letter: str) -> str:
-    """The one trained and scored token: a space, then the letter."""
-    return f" {letter}"
+def answer_continuation(letter: str, *, chat_template: bool = False) -> str:
+    """The one trained and scored token: `` X`` after ``Answer:``, bare ``X`` after a chat template's assistant header.
+
+    lm-evaluation-harness drops its target delimiter (the space) under ``--apply_chat_template``;
+    see :func:`render_prompt`.
+    """
+    return letter if chat_template else f" {letter}"
 
 
 class ChatTemplateError(ValueError):
@@ -35,7 +39,20 @@ def wrap_in_chat(prompt: str, tokenizer, *, model_name: str = "") -> str:
 
 
 def render_prompt(item: Item, tokenizer, *, chat_template: bool, model_name: str = "") -> str:
-    """The exact text a model sees before its answer, in the study's lettered format."""
+    """The exact text a model sees before its answer, in the study's lettered format.
+
+    With ``chat_template`` the lettered prompt, ``Answer:`` included, is the single user turn
+    and the text ends with the assistant header (``add_generation_prompt=True``), as
+    lm-evaluation-harness 0.4.9.2 renders a 0-shot task under ``--apply_chat_template``
+    (no system turn of its own; the template's default one, if any, stays). The answer follows
+    that header directly: for ``multiple_choice`` tasks the harness sets ``target_delimiter``
+    to ``""`` when a chat template is applied (EleutherAI/lm-evaluation-harness PR #2475,
+    November 2024), so the continuation is ``A``, not the `` A`` it scores after a bare
+    ``Answer:``. :func:`answer_continuation` does the same. The harness's ``_encode_pair``
+    also moves the header's trailing newline into the continuation, which adds the same
+    log-probability to every choice and so changes no prediction; scoring the letter after the
+    full header, as here, predicts the same answer.
+    """
     prompt = lettered_prompt(item)
     return wrap_in_chat(prompt, tokenizer, model_name=model_name) if chat_template else prompt
 
@@ -52,10 +69,13 @@ def encode_example(prompt: str, target: str, tokenizer, max_length: int) -> Enco
     """Tokenize prompt and target together and left-truncate, as the study's training did.
 
     Tokenizing the joined text (not the parts) gives the tokens a model actually sees; the
-    target starts where the prompt's own tokens end.
+    target starts where the prompt's own tokens end. A prompt that a chat template already
+    began with the start token gets no second one.
     """
-    prompt_ids = tokenizer(prompt, add_special_tokens=True).input_ids if prompt else []
-    full_ids = tokenizer(prompt + target, add_special_tokens=True).input_ids
+    bos = tokenizer.bos_token
+    special = not (bos and prompt.startswith(bos))
+    prompt_ids = tokenizer(prompt, add_special_tokens=special).input_ids if prompt else []
+    full_ids = tokenizer(prompt + target, add_special_tokens=special).input_ids
     start = len(prompt_ids)
     if full_ids[:start] != prompt_ids:
         # A merge across the boundary: fall back to concatenating the separately encoded parts.

@@ -1,0 +1,289 @@
+"""What a study config costs before anything runs: jobs, tokens, FLOPs and GPU-hours.
+
+Pure and fast: no model weights are loaded and nothing is downloaded. Item counts and
+prompt lengths come from the data when a task can be read locally (embedded tasks, local
+files); a published benchmark that lives on the Hugging Face hub falls back to its
+documented split sizes (paper-protocol.md section 3) and typical prompt lengths, and the
+plan says which numbers are such estimates.
+
+Compute follows the usual transformer rule of thumb: a forward pass costs 2 FLOPs per
+parameter per token. LoRA training adds the backward pass through the activations (another
+2) but no weight gradients for the frozen weights, so about 4 x params x tokens; scoring is
+forward only, 2 x params x tokens.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from donors.config import StudyConfig, TaskSpec
+from donors.jobs import cells
+from donors.tasks.data import DataError, subsample
+from donors.tasks.item import Item
+from donors.tasks.prompts import lettered_prompt
+
+DEFAULT_TFLOPS = 989.0  # H100 SXM, dense bf16 tensor-core peak
+DEFAULT_MFU = 0.4
+CHARS_PER_TOKEN = 4.0
+CHAT_TEMPLATE_TOKENS = 30  # role headers plus a default system turn (Llama 3's dated header, Qwen's system prompt)
+TRAIN_FLOPS_PER_PARAM_TOKEN = 4.0
+EVAL_FLOPS_PER_PARAM_TOKEN = 2.0
+
+# Parameter counts (billions) of the published models, from their model cards.
+PUBLISHED_PARAMS_B = {
+    "llama-3.2-1b-instruct": 1.24,
+    "llama-3.2-3b-instruct": 3.21,
+    "llama-3.1-8b-instruct": 8.03,
+    "qwen2.5-0.5b-instruct": 0.49,
+    "qwen2.5-1.5b-instruct": 1.54,
+    "qwen2.5-3b-instruct": 3.09,
+    "qwen2.5-7b-instruct": 7.62,
+    "gemma-3-1b-it": 1.0,
+    "gemma-3-4b-it": 4.3,
+}
+
+# Split sizes per language of the published benchmarks (train, test).
+PUBLISHED_SIZES = {
+    "arc_challenge": (300, 400),
+    "global_mmlu": (215, 400),
+    "hellaswag": (300, 400),
+    "truthfulqa": (300, 400),
+}
+
+# Typical characters per prompt (train text, scored prompt), rough English-length figures:
+# ARC is a short question and four short options; Global-MMLU questions run longer;
+# HellaSwag has a context and four sentence-long endings; TruthfulQA trains on
+# "Question: ...\nAnswer: ..." but is scored over all of its MC1 choices.
+TYPICAL_PROMPT_CHARS = {
+    "arc_challenge": (300, 300),
+    "global_mmlu": (500, 500),
+    "hellaswag": (750, 750),
+    "truthfulqa": (120, 350),
+}
+
+
+@dataclass(frozen=True)
+class TaskSizes:
+    """One task's items and tokens, summed over the study's languages (one pass, one seed)."""
+
+    task: str
+    train_items: int
+    test_items: int
+    train_tokens: float
+    test_tokens: float
+    estimated: bool
+    note: str
+
+
+@dataclass(frozen=True)
+class ModelPlan:
+    model: str
+    params_billions: float
+    params_from: str
+    train_jobs: int
+    model_states: int
+    eval_jobs: int
+    train_tokens: float
+    eval_tokens: float
+    train_flops: float
+    eval_flops: float
+    train_gpu_hours: float
+    eval_gpu_hours: float
+
+    @property
+    def gpu_hours(self) -> float:
+        return self.train_gpu_hours + self.eval_gpu_hours
+
+
+@dataclass(frozen=True)
+class StudyPlan:
+    """Per-model rows, the task sizes behind them, and the assumptions they rest on."""
+
+    models: tuple[ModelPlan, ...]
+    tasks: tuple[TaskSizes, ...]
+    sources: int
+    targets: int
+    seeds: int
+    tflops: float
+    mfu: float
+    chars_per_token: float
+    train_chat_template: bool
+    eval_chat_template: bool
+
+    @property
+    def train_jobs(self) -> int:
+        return sum(m.train_jobs for m in self.models)
+
+    @property
+    def model_states(self) -> int:
+        return sum(m.model_states for m in self.models)
+
+    @property
+    def eval_jobs(self) -> int:
+        return sum(m.eval_jobs for m in self.models)
+
+    @property
+    def train_tokens(self) -> float:
+        return sum(m.train_tokens for m in self.models)
+
+    @property
+    def eval_tokens(self) -> float:
+        return sum(m.eval_tokens for m in self.models)
+
+    @property
+    def gpu_hours(self) -> float:
+        return sum(m.gpu_hours for m in self.models)
+
+    @property
+    def estimated(self) -> bool:
+        return any(t.estimated for t in self.tasks) or any(m.params_from == "unknown" for m in self.models)
+
+    def assumptions(self) -> list[str]:
+        """The plain-language basis of every number, printed under the table."""
+        wrapped = [name for name, on in (("training", self.train_chat_template), ("scored", self.eval_chat_template)) if on]
+        chat = f"; {' and '.join(wrapped)} prompts add {CHAT_TEMPLATE_TOKENS} chat-template tokens" if wrapped else ""
+        lines = [
+            f"jobs: {self.sources} sources x {self.seeds} seed(s) = adapters per model; states = 1 base + adapters; "
+            f"evaluation jobs = states x {self.targets} targets",
+            f"tokens: characters / {self.chars_per_token:g} (real tokenizers differ; non-Latin scripts take more tokens "
+            "per character); training counts every train item (its validation share too) once per epoch, each capped at "
+            f"train.max_length{chat}",
+            f"FLOPs: LoRA training {TRAIN_FLOPS_PER_PARAM_TOKEN:g} x params x tokens (forward + activation gradients; "
+            f"frozen weights need no weight gradients), scoring {EVAL_FLOPS_PER_PARAM_TOKEN:g} x params x tokens; no padding",
+            f"GPU-hours: FLOPs / ({self.tflops:g} TFLOP/s x {self.mfu:.0%} utilisation); change with --tflops and --mfu",
+        ]
+        for task in self.tasks:
+            if task.estimated:
+                lines.append(f"estimate: {task.task}: {task.note}")
+        for model in self.models:
+            if model.params_from == "unknown":
+                lines.append(f"unknown: {model.model}: no parameter count in the table or the name, so no FLOPs")
+        return lines
+
+
+def params_billions(model: str) -> tuple[float, str]:
+    """(billions of parameters, where the number came from): the published table, else the name."""
+    key = model.rstrip("/").rsplit("/", 1)[-1].lower()
+    if key in PUBLISHED_PARAMS_B:
+        return PUBLISHED_PARAMS_B[key], "published"
+    from donors.analysis.transfer import model_size_billions  # imports scipy: only when the table has no entry
+
+    size = model_size_billions(model)
+    return (size, "name") if math.isfinite(size) else (float("nan"), "unknown")
+
+
+def gpu_hours(flops: float, tflops: float = DEFAULT_TFLOPS, mfu: float = DEFAULT_MFU) -> float:
+    """Hours of one accelerator sustaining ``mfu`` of a ``tflops`` peak."""
+    if tflops <= 0 or not 0 < mfu <= 1:
+        raise ValueError(f"need tflops > 0 and 0 < mfu <= 1, got {tflops} and {mfu}")
+    return flops / (tflops * 1e12 * mfu) / 3600
+
+
+def _is_local_source(task) -> bool:
+    """Whether loading reads local files only; a hub dataset would go to the network."""
+    from donors.tasks.published import PublishedTask
+
+    if not isinstance(task, PublishedTask):
+        return True
+    return task.data_dir is not None or task.data_files is not None or Path(task.dataset_id).expanduser().is_dir()
+
+
+def _train_tokens(item: Item, config: StudyConfig, ratio: float) -> float:
+    """A text target (TruthfulQA) is trained bare; a lettered prompt may be chat-wrapped."""
+    if item.target_text is not None:
+        tokens = len(item.target_text) / ratio
+    else:
+        tokens = (len(lettered_prompt(item)) + 2) / ratio + (CHAT_TEMPLATE_TOKENS if config.train.chat_template else 0)
+    return min(tokens, config.train.max_length)
+
+
+def _test_tokens(item: Item, config: StudyConfig, ratio: float) -> float:
+    return (len(lettered_prompt(item)) + 2) / ratio + (CHAT_TEMPLATE_TOKENS if config.eval.chat_template else 0)
+
+
+def _measured(spec: TaskSpec, task, config: StudyConfig, ratio: float) -> TaskSizes:
+    train_items = test_items = 0
+    train_tokens = test_tokens = 0.0
+    for language in config.languages:
+        train = subsample(task.load(language, "train"), config.train.max_items)
+        test = subsample(task.load(language, "test"), config.eval.max_items)
+        train_items, test_items = train_items + len(train), test_items + len(test)
+        train_tokens += sum(_train_tokens(i, config, ratio) for i in train)
+        test_tokens += sum(_test_tokens(i, config, ratio) for i in test)
+    return TaskSizes(spec.name, train_items, test_items, train_tokens, test_tokens, False, "from the data")
+
+
+def _published(spec: TaskSpec, config: StudyConfig, ratio: float, why: str) -> TaskSizes:
+    benchmark = spec.options.get("source") or spec.name
+    n_train, n_test = PUBLISHED_SIZES[benchmark]
+    n_train = min(n_train, config.train.max_items or n_train)
+    n_test = min(n_test, config.eval.max_items or n_test)
+    train_chars, test_chars = TYPICAL_PROMPT_CHARS[benchmark]
+    train_chat = CHAT_TEMPLATE_TOKENS if config.train.chat_template and benchmark != "truthfulqa" else 0
+    per_train = min(train_chars / ratio + train_chat, config.train.max_length)
+    per_test = test_chars / ratio + (CHAT_TEMPLATE_TOKENS if config.eval.chat_template else 0)
+    n_languages = len(config.languages)
+    return TaskSizes(
+        spec.name,
+        n_train * n_languages,
+        n_test * n_languages,
+        per_train * n_train * n_languages,
+        per_test * n_test * n_languages,
+        True,
+        f"{why}: published sizes, {n_train} train / {n_test} test items per language; typical prompts, "
+        f"{train_chars} / {test_chars} characters",
+    )
+
+
+def task_sizes(spec: TaskSpec, config: StudyConfig, chars_per_token: float = CHARS_PER_TOKEN) -> TaskSizes:
+    """Sizes from the data if it is local, else the published benchmark's documented sizes."""
+    from donors.tasks import get_task
+
+    fallback = (spec.options.get("source") or spec.name) in PUBLISHED_SIZES
+    task = get_task(spec.name, **spec.options)
+    if not _is_local_source(task):
+        return _published(spec, config, chars_per_token, "hub data, not fetched")
+    try:
+        return _measured(spec, task, config, chars_per_token)
+    except (DataError, OSError, ValueError) as error:
+        if not fallback:
+            raise
+        return _published(spec, config, chars_per_token, f"local data unreadable ({str(error).splitlines()[0]})")
+
+
+def plan(config: StudyConfig, *, tflops: float = DEFAULT_TFLOPS, mfu: float = DEFAULT_MFU, chars_per_token: float = CHARS_PER_TOKEN) -> StudyPlan:
+    """Job counts, tokens, FLOPs and GPU-hours per model, without loading a model or data from the hub."""
+    if chars_per_token <= 0:
+        raise ValueError(f"chars_per_token must be positive, got {chars_per_token}")
+    gpu_hours(0.0, tflops, mfu)
+    sizes = tuple(task_sizes(spec, config, chars_per_token) for spec in config.tasks)
+    n_sources = n_targets = len(cells(config))
+    n_seeds = len(config.seeds)
+    # One seed trains every source once: the sum over sources of items x epochs x tokens.
+    train_tokens_per_seed = sum(t.train_tokens for t in sizes) * config.train.epochs
+    # Every model state is scored on every target.
+    tokens_per_state = sum(t.test_tokens for t in sizes)
+    rows = []
+    for model in config.models:
+        params, params_from = params_billions(model)
+        n_train = n_sources * n_seeds
+        n_states = 1 + n_train
+        train_tokens = train_tokens_per_seed * n_seeds
+        eval_tokens = tokens_per_state * n_states
+        train_flops = TRAIN_FLOPS_PER_PARAM_TOKEN * params * 1e9 * train_tokens
+        eval_flops = EVAL_FLOPS_PER_PARAM_TOKEN * params * 1e9 * eval_tokens
+        rows.append(
+            ModelPlan(
+                model, params, params_from, n_train, n_states, n_states * n_targets, train_tokens, eval_tokens,
+                train_flops, eval_flops, gpu_hours(train_flops, tflops, mfu), gpu_hours(eval_flops, tflops, mfu),
+            )
+        )
+    return StudyPlan(
+        tuple(rows), sizes, n_sources, n_targets, n_seeds, tflops, mfu, chars_per_token,
+        config.train.chat_template, config.eval.chat_template,
+    )
+
+
+__all__ = ["ModelPlan", "StudyPlan", "TaskSizes", "gpu_hours", "params_billions", "plan", "task_sizes"]
