@@ -1,4 +1,4 @@
-"""All tables for one study: the published analyses plus the full transfer matrix per model."""
+"""All tables for one study: the published analyses, the transfer matrix per model and, for a study directory, the item-level statistics."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from donors.analysis.paired import item_level_tables, regime_summary_by_model
 from donors.analysis.published import run_published_analyses
 from donors.analysis.transfer import TransferMatrix
 
@@ -26,4 +27,23 @@ def study_tables(results: pd.DataFrame, study_dir: Path | None = None) -> dict[s
         warnings.simplefilter("ignore")
         tables = run_published_analyses(results)
     tables.update(transfer_matrices(results))
+    tables["regime_summary_by_model"] = regime_summary_by_model(results)
+    if study_dir is not None:
+        tables.update(stored_item_level_tables(Path(study_dir)))
     return tables
+
+
+def stored_item_level_tables(study_dir: Path) -> dict[str, pd.DataFrame]:
+    """The item-level tables of a study directory's store; none when it has no store.
+
+    Only read: the store is opened for its item outcomes and closed again.
+    """
+    from donors.api import STORE_NAME
+    from donors.store import ResultsStore
+
+    path = study_dir / STORE_NAME
+    if not path.exists():
+        return {}
+    with ResultsStore(path) as store:
+        outcomes = store.item_outcomes()
+    return item_level_tables(outcomes)

@@ -44,7 +44,7 @@ def donor_recipient_figure(roles: pd.DataFrame, key: str, title: str):
     finite = pd.concat([roles["donor"], roles["recipient"]]).dropna()
     if len(finite):
         low, high = finite.min(), finite.max()
-        pad = 0.1 * (high - low or 1)
+        pad = 0.1 * (high - low) if high - low > 1e-9 else 1.0
         ax.plot([low - pad, high + pad], [low - pad, high + pad], ls="--", color="grey", lw=1, label="donor = recipient")
         ax.legend(loc="best", fontsize=8)
     ax.axhline(0, color="lightgrey", lw=0.8)
