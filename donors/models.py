@@ -18,6 +18,7 @@ import hashlib
 import importlib.metadata
 import os
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -31,6 +32,8 @@ from transformers.utils import logging as hf_logging
 # Our own progress bars say what is happening; the library's per-load bars are noise here.
 hf_logging.disable_progress_bar()
 hf_logging.set_verbosity_error()
+# PEFT still calls a transformers method deprecated in v5; the warning says nothing to our users.
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 
 class ModelError(RuntimeError):

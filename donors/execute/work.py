@@ -1,0 +1,120 @@
+"""The units of work every executor runs: train one adapter, score a group of model states.
+
+They read config and items and write adapters to storage, but never touch the store:
+they return records, and the caller (the one writer) commits them. That is what lets the
+same code run in this process or in a Ray worker on another machine.
+"""
+
+from __future__ import annotations
+
+import platform
+import traceback
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from donors.config import StudyConfig
+from donors.evaluate.native import score_choices, summarize
+from donors.grid import Cell
+from donors.jobs import TrainJob
+from donors.models import load_model
+from donors.records import AdapterRecord, ItemPrediction, ModelState, TargetScore
+from donors.tasks.item import Item
+from donors.train.lora import train_lora
+
+TargetResult = tuple[ModelState, TargetScore, list[ItemPrediction]]
+
+
+def library_versions() -> dict[str, str]:
+    import peft
+    import transformers
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "donors": __import__("donors").__version__,
+    }
+
+
+def describe(error: BaseException) -> str:
+    """The error and the last frames of its traceback, as stored for `donors status`."""
+    return f"{type(error).__name__}: {error}\n" + "".join(traceback.format_tb(error.__traceback__)[-3:])
+
+
+def train_adapter(
+    config: StudyConfig,
+    job: TrainJob,
+    items: Sequence[Item],
+    storage_dir: Path,
+    on_step: Callable[[int, int], None] | None = None,
+) -> AdapterRecord:
+    """Fine-tune a freshly loaded base model on one source; the adapter lands under ``storage_dir``."""
+    model, tokenizer = load_model(job.model, dtype=config.dtype, trust_remote_code=config.trust_remote_code)
+    path = job.adapter_dir(storage_dir)
+    result = train_lora(
+        model, tokenizer, items, lora=config.lora, train=config.train, seed=job.seed,
+        output_dir=path, model_name=job.model, on_step=on_step,
+    )
+    return AdapterRecord(
+        adapter_id=job.job_id,
+        model=job.model,
+        source_task=job.source.task,
+        source_language=job.source.language,
+        seed=job.seed,
+        path=str(path.relative_to(storage_dir)),
+        recipe_hash=config.recipe_hash(),
+        train_ids=result.train_ids,
+        validation_ids=result.validation_ids,
+        best_epoch=result.best_epoch,
+        validation_losses=result.validation_losses,
+        train_seconds=result.seconds,
+        versions=library_versions(),
+    )
+
+
+def evaluate_states(
+    config: StudyConfig,
+    model_name: str,
+    work: Sequence[tuple[ModelState, str | None, Sequence[Cell]]],
+    test_items: dict[Cell, list[Item]],
+    on_result: Callable[[TargetResult], None],
+    on_failure: Callable[[ModelState, Cell, BaseException], None],
+    on_items: Callable[[int], None] | None = None,
+) -> None:
+    """Score each (state, adapter path, targets) with the base model loaded once.
+
+    Adapters are swapped onto the one base (PEFT's load/delete), so memory stays flat as
+    the number of adapters grows. A target that fails is reported and the rest go on.
+    """
+    from peft import PeftModel
+
+    base, tokenizer = load_model(model_name, dtype=config.dtype, trust_remote_code=config.trust_remote_code)
+    peft_model = None
+    for state, adapter_path, targets in work:
+        if state.is_base:
+            scorer = peft_model or base
+            context = peft_model.disable_adapter() if peft_model else nullcontext()
+        else:
+            if peft_model is None:
+                peft_model = PeftModel.from_pretrained(base, adapter_path, adapter_name="current")
+            else:
+                peft_model.delete_adapter("current")
+                peft_model.load_adapter(adapter_path, adapter_name="current")
+                peft_model.set_adapter("current")
+            peft_model.eval()
+            scorer, context = peft_model, nullcontext()
+        with context:
+            for target in targets:
+                try:
+                    predictions = score_choices(
+                        scorer, tokenizer, test_items[target],
+                        chat_template=config.eval.chat_template, batch_size=config.eval.batch_size,
+                        model_name=model_name, on_batch=on_items,
+                    )
+                    on_result((state, summarize(predictions), predictions))
+                except Exception as error:  # noqa: BLE001 - one failed target must not stop the others
+                    on_failure(state, target, error)
