@@ -81,7 +81,7 @@ def test_a_job_that_keeps_failing_is_recorded_and_the_rest_go_on(tmp_path, monke
     assert status.eval_done == 2 * 2  # the base and the surviving adapter, on both targets
 
 
-def test_a_killed_driver_resumes_from_the_store(local_scores, tmp_path):
+def test_a_killed_driver_resumes_from_the_store(local_scores, tmp_path, ray_cluster):
     path = write(tmp_path, "ray")
     study = tmp_path / "study"
     driver = subprocess.Popen([sys.executable, "-m", "donors.cli", "run", str(path), "--no-report"],
@@ -96,6 +96,5 @@ def test_a_killed_driver_resumes_from_the_store(local_scores, tmp_path):
     assert driver.poll() is None, "the study finished before the driver could be killed"
     os.killpg(driver.pid, signal.SIGKILL)
     driver.wait()
-    subprocess.run(["ray", "stop", "--force"], capture_output=True)
     api.run_study(path, report=False)
     pd.testing.assert_frame_equal(scores(study), local_scores)

@@ -34,7 +34,7 @@ def build_requests(items: Sequence[Item], tokenizer, *, chat_template: bool, mod
     requests = []
     for item in items:
         context = render_prompt(item, tokenizer, chat_template=chat_template, model_name=model_name)
-        texts = tuple(answer_continuation(LETTERS[i]) for i in range(len(item.choices)))
+        texts = tuple(answer_continuation(LETTERS[i], chat_template=chat_template) for i in range(len(item.choices)))
         encoded = [encode_example(context, text, tokenizer, max_length) for text in texts]
         context_ids = encoded[0].input_ids[: encoded[0].loss_start]
         continuations = []

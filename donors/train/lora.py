@@ -61,7 +61,7 @@ def training_text(item: Item, tokenizer, train: TrainConfig, model_name: str) ->
     if item.target_text is not None:
         return "", item.target_text
     prompt = render_prompt(item, tokenizer, chat_template=train.chat_template, model_name=model_name)
-    return prompt, answer_continuation(item.answer_letter)
+    return prompt, answer_continuation(item.answer_letter, chat_template=train.chat_template)
 
 
 def _collate(batch: Sequence[EncodedExample], pad_id: int, device: torch.device):
