@@ -10,6 +10,7 @@ carry loss, never over the full sequence.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import random
 import shutil
@@ -30,6 +31,7 @@ from donors.tasks.item import Item
 from donors.models import causal_lm_parts, head_logits
 from donors.tasks.prompts import EncodedExample, answer_continuation, encode_example, render_prompt
 
+logger = logging.getLogger(__name__)
 
 class TrainingError(RuntimeError):
     """A run that cannot finish (a non-finite loss, say); the study records it and goes on."""
@@ -43,6 +45,7 @@ class TrainResult:
     best_epoch: int | None
     seconds: float
     steps: int
+    micro_batch_size: int | None = None  # the last one used: smaller than configured after an out-of-memory retry
 
 
 def split_train_validation(items: Sequence[Item], fraction: float, seed: int) -> tuple[list[Item], list[Item]]:
@@ -91,8 +94,58 @@ def _loss_sum(model, batch, pad_id: int) -> tuple[torch.Tensor, int]:
     return F.cross_entropy(logits.float(), labels, reduction="sum"), len(labels)
 
 
-@torch.no_grad()
+def _is_out_of_memory(error: BaseException) -> bool:
+    """CUDA raises its own class; other backends (and older torch) a RuntimeError that says so."""
+    return isinstance(error, torch.cuda.OutOfMemoryError) or (isinstance(error, RuntimeError) and "out of memory" in str(error))
+
+
+def _accumulate(model, batch: Sequence[EncodedExample], pad_id: int, micro: int, n_tokens: int, where: str) -> None:
+    """Forward and backward over ``batch`` in slices of ``micro``, each loss divided by the whole batch's answer tokens.
+
+    That divisor makes the summed gradients the same for any ``micro``: splitting is exact. When
+    the batch is split, it is split by length, so each slice pads less.
+    """
+    if micro < len(batch):
+        batch = sorted(batch, key=lambda example: len(example.input_ids))
+    for start in range(0, len(batch), micro):
+        loss, _ = _loss_sum(model, batch[start : start + micro], pad_id)
+        loss = loss / n_tokens
+        if not torch.isfinite(loss):
+            raise TrainingError(f"non-finite loss ({loss.item()}) at {where}; lower train.learning_rate or check the source's data")
+        loss.backward()
+
+
+def _step_gradients(model, optimizer, batch: Sequence[EncodedExample], pad_id: int, micro: int, n_tokens: int, where: str) -> int:
+    """One optimiser step's gradients; out of memory halves the micro-batch and redoes the step.
+
+    The effective batch, its examples and the loss normalisation stay as they were, so the
+    step's result does not depend on how it was split. Returns the micro-batch that fitted,
+    which the rest of the run keeps.
+    """
+    while True:
+        optimizer.zero_grad(set_to_none=True)
+        try:
+            _accumulate(model, batch, pad_id, micro, n_tokens, where)
+            return micro
+        except RuntimeError as error:
+            if not _is_out_of_memory(error):
+                raise
+            if micro == 1:
+                raise TrainingError(
+                    f"out of memory at {where} even with one example per forward pass; "
+                    "lower train.max_length, use a smaller model or a device with more memory"
+                ) from error
+        # Outside the except block, so the failed pass's tensors (held by the traceback) are freed first.
+        optimizer.zero_grad(set_to_none=True)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        logger.warning("out of memory at %s with micro-batch %d; retrying with %d", where, micro, micro // 2)
+        micro //= 2
+
+
+@torch.inference_mode()
 def validation_loss(model, examples: Sequence[EncodedExample], pad_id: int, batch_size: int) -> float:
+    """Mean cross-entropy per answer token; inference mode, since nothing here is ever differentiated."""
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
@@ -144,7 +197,9 @@ def train_lora(
         warnings.filterwarnings("ignore", category=FutureWarning)  # a transformers deprecation inside peft
         peft_model = get_peft_model(model, peft_config)
     trainable = [p for p in peft_model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=train.learning_rate, weight_decay=train.weight_decay)
+    # The fused kernel is the same AdamW update in one pass over the parameters, not one per tensor.
+    fused = trainable[0].device.type in ("cpu", "cuda")
+    optimizer = torch.optim.AdamW(trainable, lr=train.learning_rate, weight_decay=train.weight_decay, fused=fused)
 
     micro = train.micro_batch_size or train.batch_size
     steps_per_epoch = math.ceil(len(train_examples) / train.batch_size)
@@ -161,18 +216,7 @@ def train_lora(
         for first in range(0, len(order), train.batch_size):
             batch = [train_examples[i] for i in order[first : first + train.batch_size]]
             n_tokens = sum(len(e.input_ids) - e.loss_start for e in batch)
-            optimizer.zero_grad(set_to_none=True)
-            step_loss = 0.0
-            for start in range(0, len(batch), micro):
-                loss, _ = _loss_sum(peft_model, batch[start : start + micro], pad_id)
-                loss = loss / n_tokens
-                if not torch.isfinite(loss):
-                    raise TrainingError(
-                        f"non-finite loss ({loss.item()}) at step {step + 1} of epoch {epoch + 1}; "
-                        "lower train.learning_rate or check the source's data"
-                    )
-                loss.backward()
-                step_loss += loss.item()
+            micro = _step_gradients(peft_model, optimizer, batch, pad_id, micro, n_tokens, f"step {step + 1} of epoch {epoch + 1}")
             torch.nn.utils.clip_grad_norm_(trainable, 1.0)
             optimizer.step()
             scheduler.step()
@@ -200,6 +244,7 @@ def train_lora(
         best_epoch=best_epoch if train.keep_best else None,
         seconds=time.perf_counter() - started,
         steps=step,
+        micro_batch_size=micro,
     )
     _save_adapter(peft_model, output_dir, result, seed)
     return result
