@@ -32,6 +32,9 @@ class TaskSpec(_Section):
 
     name: str
     options: dict[str, Any] = Field(default_factory=dict)
+    max_length: int | None = Field(
+        None, ge=8, description="tokens a training example of this task keeps (left-truncated); default: train.max_length"
+    )
 
 
 class LoraConfig(_Section):
@@ -71,12 +74,17 @@ class TrainConfig(_Section):
 
 class EvalConfig(_Section):
     max_items: int | None = Field(None, gt=0, description="items per target (the first N by id order); all if unset")
-    prompt_format: Literal["lettered"] = "lettered"
+    prompt_format: Literal["lettered", "continuation"] = Field(
+        "lettered", description="lettered: the answer letter after A) .. D); continuation: each option text scored after the question"
+    )
     metric: Literal["acc", "acc_norm"] = Field(
         "acc", description="acc_norm: lm-eval's length-normalised accuracy (the published score); equal to acc for one-letter answers"
     )
     chat_template: bool = True
-    batch_size: int = Field(32, gt=0)
+    batch_size: int = Field(32, gt=0, description="a fixed batch size (lm-eval's 'auto' probes for minutes on a CPU)")
+    backend: Literal["native", "harness"] = Field(
+        "native", description="native: our scorer; harness: lm-evaluation-harness on the same items, adapters swapped in-process"
+    )
 
 
 class RayConfig(_Section):
@@ -141,10 +149,23 @@ class StudyConfig(_Section):
     def task_names(self) -> tuple[str, ...]:
         return tuple(t.name for t in self.tasks)
 
+    def max_length_for(self, task: str) -> int:
+        """The training length cap of ``task``: its own ``max_length``, else ``train.max_length``."""
+        spec = next(t for t in self.tasks if t.name == task)
+        return spec.max_length or self.train.max_length
+
+    def train_config_for(self, task: str) -> TrainConfig:
+        """``train`` as it applies to one source task (its own length cap)."""
+        return self.train.model_copy(update={"max_length": self.max_length_for(task)})
+
     def recipe(self) -> dict[str, Any]:
         """Every setting that changes a trained adapter or a score (not the grid)."""
         recipe: dict[str, Any] = {k: getattr(self, k).model_dump(mode="json") for k in ("lora", "train", "eval")}
-        recipe["tasks"] = [t.model_dump(mode="json") for t in self.tasks]
+        if self.eval.backend == "native":
+            # The default backend leaves the recipe as it was before backends existed, so stores made then still resume.
+            del recipe["eval"]["backend"]
+        # A task without its own max_length dumps as before the option existed, so older stores still resume.
+        recipe["tasks"] = [t.model_dump(mode="json", exclude={"max_length"} if t.max_length is None else None) for t in self.tasks]
         recipe["dtype"] = self.dtype
         return recipe
 

@@ -65,3 +65,16 @@ def test_missing_models_and_bad_yaml(tmp_path):
 def test_yaml_is_loaded_safely(tmp_path):
     with pytest.raises(ConfigError):
         load_config(write(tmp_path, "models: !!python/object/apply:os.system ['true']\ntasks: [a]\n"))
+
+
+def test_a_task_can_have_its_own_training_length(tmp_path):
+    text = GOOD.format(out=tmp_path / "s").replace("tasks: [number_words]", "tasks: [{name: number_words, max_length: 64}, cldr_continent]")
+    config = load_config(write(tmp_path, text))
+    assert config.train_config_for("number_words").max_length == 64
+    assert config.train_config_for("cldr_continent").max_length == config.train.max_length == 256
+    # Tasks without their own length dump as before the option existed: older stores keep their recipe hash.
+    plain = load_config(write(tmp_path, GOOD.format(out=tmp_path / "s").replace("[number_words]", "[number_words, cldr_continent]")))
+    assert all("max_length" not in task for task in plain.recipe()["tasks"])
+    assert config.recipe()["tasks"][0]["max_length"] == 64 and plain.recipe_hash() != config.recipe_hash()
+    with pytest.raises(ConfigError, match=r"tasks\.0\.max_length"):
+        load_config(write(tmp_path, text.replace("max_length: 64", "max_length: 2")))

@@ -1,23 +1,38 @@
-"""Score multiple-choice items from the log-likelihoods of their answers.
+"""Score multiple-choice items from the log-likelihoods of their answers: our backend.
 
-The lettered format needs one forward pass per item: every candidate answer (`` A`` ...
-`` D``) is one token after the same prompt, so the body runs once over the prompt and the
-output head runs once, at the last position. Batches are sorted by length and padded only
-to their longest prompt. Choices that are not single tokens fall back to scoring each
-continuation in full.
+Built for this workload, with the log-likelihoods lm-evaluation-harness computes:
+
+* batches are sorted by prompt length and padded only to their own longest prompt;
+* the lettered format needs one forward pass per item: every candidate answer (`` A`` ...)
+  is one token after the same prompt, so the body runs once over the prompt and the output
+  head runs at the answer position only. ``normalize`` applies the full-vocabulary
+  log-normaliser there (true log-probabilities); without it only the candidates' rows of the
+  head run, which picks the same answer and matters for a large vocabulary (Gemma's 262k);
+* continuation-style choices (option texts scored after the question, as the published ARC,
+  HellaSwag and TruthfulQA lm-eval tasks do) encode the shared context once per item and
+  reuse its key/value cache for all of that item's continuations, batched;
+* many adapters are scored in one process on one base model (the caller swaps them).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import torch
 
+from donors.evaluate import Key, PromptFormat, TargetResult
 from donors.models import causal_lm_parts, head_logits
 from donors.records import ItemPrediction, TargetScore
 from donors.tasks.item import LETTERS, Item
-from donors.tasks.prompts import answer_continuation, encode_example, render_prompt
+from donors.tasks.prompts import encode_example, lettered_prompt, wrap_in_chat
+
+# A GPU has the memory and parallelism for far more rows per forward pass than a CPU.
+GPU_BATCH_FACTOR = 8
+# Hidden states per run of the full-vocabulary head: enough rows to pay for reading its weights.
+HEAD_ROWS = 128
+# Padding a batch may add, as a share of its width: more, and a shorter prompt starts the next batch.
+MAX_PADDING = 0.1
 
 
 @dataclass(frozen=True)
@@ -30,11 +45,41 @@ class ScoringRequest:
     continuation_texts: tuple[str, ...]
 
 
-def build_requests(items: Sequence[Item], tokenizer, *, chat_template: bool, model_name: str = "", max_length: int = 4096) -> list[ScoringRequest]:
+def continuation_prompt(item: Item) -> str:
+    """The question alone, as the published ARC task words it; the option texts follow as continuations."""
+    return f"Question: {item.question}\nAnswer:"
+
+
+def prompt_text(item: Item, prompt_format: PromptFormat) -> str:
+    """What the model reads before its answer, before any chat template."""
+    return lettered_prompt(item) if prompt_format == "lettered" else continuation_prompt(item)
+
+
+def choice_strings(item: Item, prompt_format: PromptFormat) -> tuple[str, ...]:
+    """The strings scored as answers (lm-eval's ``doc_to_choice``): letters, or the option texts."""
+    return tuple(LETTERS[: len(item.choices)]) if prompt_format == "lettered" else item.choices
+
+
+def target_delimiter(chat_template: bool) -> str:
+    """`` `` before each answer; none after a chat template's assistant header, as lm-eval does (PR #2475)."""
+    return "" if chat_template else " "
+
+
+def build_requests(
+    items: Sequence[Item],
+    tokenizer,
+    *,
+    chat_template: bool,
+    prompt_format: PromptFormat = "lettered",
+    model_name: str = "",
+    max_length: int = 4096,
+) -> list[ScoringRequest]:
     requests = []
     for item in items:
-        context = render_prompt(item, tokenizer, chat_template=chat_template, model_name=model_name)
-        texts = tuple(answer_continuation(LETTERS[i], chat_template=chat_template) for i in range(len(item.choices)))
+        context = prompt_text(item, prompt_format)
+        if chat_template:
+            context = wrap_in_chat(context, tokenizer, model_name=model_name)
+        texts = tuple(target_delimiter(chat_template) + choice for choice in choice_strings(item, prompt_format))
         encoded = [encode_example(context, text, tokenizer, max_length) for text in texts]
         context_ids = encoded[0].input_ids[: encoded[0].loss_start]
         continuations = []
@@ -47,52 +92,221 @@ def build_requests(items: Sequence[Item], tokenizer, *, chat_template: bool, mod
 
 
 def _batches(requests: Sequence[ScoringRequest], batch_size: int) -> list[list[int]]:
-    """Indices grouped by similar length, longest first (so the first batch finds any OOM)."""
+    """Indices sorted longest first (so the first batch finds any OOM), cut into batches of at
+    most ``batch_size`` whose rows are padded by at most ``MAX_PADDING`` of their width."""
     order = sorted(range(len(requests)), key=lambda i: -len(requests[i].context_ids))
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    batches: list[list[int]] = []
+    for i in order:
+        length = len(requests[i].context_ids)
+        if batches and len(batches[-1]) < batch_size and length >= (1 - MAX_PADDING) * len(requests[batches[-1][0]].context_ids):
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
 
 
-@torch.no_grad()
-def _single_token_logprobs(model, requests: Sequence[ScoringRequest], pad_id: int, batch_size: int, on_batch) -> list[list[float]]:
+def _right_padded(rows: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(ids, mask, lengths) of rows padded on the right to the longest of them."""
+    width = max(map(len, rows))
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for k, row in enumerate(rows):
+        ids[k, : len(row)] = torch.tensor(row)
+        mask[k, : len(row)] = 1
+    return ids.to(device), mask.to(device), mask.sum(1).to(device)
+
+
+def _encode_contexts(body, rows: Sequence[Sequence[int]], pad_id: int, device, *, use_cache: bool):
+    """The body over right-padded contexts: (output, mask, lengths, hidden state at each last token).
+
+    A batch of equal lengths goes without a mask, so attention takes its causal fast path.
+    """
+    ids, mask, lengths = _right_padded(rows, pad_id, device)
+    ragged = bool((lengths != ids.shape[1]).any())
+    out = body(input_ids=ids, attention_mask=mask if ragged else None, use_cache=use_cache)
+    last = out.last_hidden_state[torch.arange(len(rows), device=device), lengths - 1]
+    return out, mask, lengths, last
+
+
+class _HeadQueue:
+    """Hidden states waiting for the output head, and the (state, token) log-probs wanted from them.
+
+    Each wanted log-prob adds into a slot, one slot per (item, choice). The full-vocabulary
+    head runs over chunks of ``HEAD_ROWS`` states gathered across batches, so its weight
+    matrix (671 MB for Gemma's 262k vocabulary in fp32) is read once per chunk, not once per
+    batch. Unnormalised, only the wanted tokens' rows of the head run: their logits.
+    """
+
+    def __init__(self, n_slots: int, head, softcap, device, normalize: bool = True):
+        self.head, self.softcap, self.normalize = head, softcap, normalize
+        self.totals = torch.zeros(n_slots, dtype=torch.float64, device=device)
+        self.hidden: list[torch.Tensor] = []
+        self.rows: list[int] = []
+        self.tokens: list[int] = []
+        self.slots: list[int] = []
+        self.n = 0
+
+    def add(self, hidden: torch.Tensor, wanted: Sequence[tuple[int, int, int]]) -> None:
+        """Queue ``hidden``; ``wanted`` holds (row of ``hidden``, token, slot)."""
+        for row, token, slot in wanted:
+            self.rows.append(self.n + row)
+            self.tokens.append(token)
+            self.slots.append(slot)
+        self.hidden.append(hidden)
+        self.n += len(hidden)
+        if self.n >= HEAD_ROWS:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.hidden:
+            return
+        hidden = torch.cat(self.hidden)
+        device = hidden.device
+        rows, tokens, slots = (torch.tensor(x, device=device) for x in (self.rows, self.tokens, self.slots))
+        if self.normalize:
+            picked = torch.empty(len(rows), dtype=torch.float32, device=device)
+            for start in range(0, len(hidden), HEAD_ROWS):
+                logprobs = torch.log_softmax(head_logits(hidden[start : start + HEAD_ROWS], self.head, self.softcap).float(), dim=-1)
+                here = (rows >= start) & (rows < start + HEAD_ROWS)
+                picked[here] = logprobs[rows[here] - start, tokens[here]]
+        else:
+            union, column = torch.unique(tokens, return_inverse=True)
+            picked = head_logits(hidden, self.head, self.softcap, token_ids=union).float()[rows, column]
+        self.totals.index_add_(0, slots, picked.double())
+        self.hidden, self.rows, self.tokens, self.slots, self.n = [], [], [], [], 0
+
+    def results(self, requests: Sequence[ScoringRequest]) -> list[list[float]]:
+        """Per request, the summed log-prob of each choice."""
+        self.flush()
+        flat = self.totals.tolist()
+        out, start = [], 0
+        for r in requests:
+            out.append(flat[start : start + len(r.continuations)])
+            start += len(r.continuations)
+        return out
+
+
+def _slot_offsets(requests: Sequence[ScoringRequest]) -> list[int]:
+    """Index of each request's first (item, choice) slot."""
+    offsets, total = [], 0
+    for r in requests:
+        offsets.append(total)
+        total += len(r.continuations)
+    return offsets
+
+
+@torch.inference_mode()
+def _single_token_logprobs(model, requests: Sequence[ScoringRequest], pad_id: int, batch_size: int, on_batch, normalize: bool = True) -> list[list[float]]:
+    """One forward pass per item; the head only at the answer position, for the candidates (or all, to normalise)."""
     body, head, softcap = causal_lm_parts(model)
     device = next(model.parameters()).device
-    out: list[list[float]] = [[] for _ in requests]
+    offsets = _slot_offsets(requests)
+    queue = _HeadQueue(sum(len(r.continuations) for r in requests), head, softcap, device, normalize)
     for batch in _batches(requests, batch_size):
-        width = max(len(requests[i].context_ids) for i in batch)
-        ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for row, i in enumerate(batch):
-            context = requests[i].context_ids
-            ids[row, : len(context)] = torch.tensor(context)
-            mask[row, : len(context)] = 1
-        hidden = body(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
-        last = hidden[torch.arange(len(batch)), mask.sum(1).to(device) - 1]
-        logprobs = torch.log_softmax(head_logits(last, head, softcap).float(), dim=-1)
-        for row, i in enumerate(batch):
-            candidates = torch.tensor([c[0] for c in requests[i].continuations], device=device)
-            out[i] = logprobs[row, candidates].tolist()
+        _, _, _, last = _encode_contexts(body, [requests[i].context_ids for i in batch], pad_id, device, use_cache=False)
+        queue.add(last, [(row, c[0], offsets[i] + k) for row, i in enumerate(batch) for k, c in enumerate(requests[i].continuations)])
         if on_batch:
             on_batch(len(batch))
+    return queue.results(requests)
+
+
+def _cache_window(model) -> int | None:
+    """Tokens a sliding-window layer keeps in its cache (None: every layer keeps all)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    window = getattr(base.config, "sliding_window", None) or getattr(getattr(base.config, "text_config", None), "sliding_window", None)
+    return window - 1 if window else None
+
+
+def _packed_tails(tails_per_row: Sequence[Sequence[tuple[int, ...]]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each row's continuation tails (all tokens but the last) end to end: (ids, segment, offset).
+
+    ``segment`` numbers the tails within a row (-1 on padding); ``offset`` is a token's place in its tail.
+    """
+    width = max(sum(len(t) - 1 for t in tails) for tails in tails_per_row)
+    ids = torch.full((len(tails_per_row), width), pad_id, dtype=torch.long)
+    segment = torch.full_like(ids, -1)
+    offset = torch.zeros_like(ids)
+    for row, tails in enumerate(tails_per_row):
+        start = 0
+        for s, tail in enumerate(tails):
+            n = len(tail) - 1
+            ids[row, start : start + n] = torch.tensor(tail[:-1])
+            segment[row, start : start + n] = s
+            offset[row, start : start + n] = torch.arange(n)
+            start += n
+    return ids.to(device), segment.to(device), offset.to(device)
+
+
+def _tails_mask(context_mask: torch.Tensor, segment: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Additive 4-D mask: a tail token sees its item's real context and the earlier tokens of its own tail."""
+    width = segment.shape[1]
+    causal = torch.ones(width, width, dtype=torch.bool, device=segment.device).tril()
+    own_tail = (segment[:, :, None] == segment[:, None, :]) & (segment[:, :, None] >= 0) & causal
+    context = context_mask.bool()[:, None, :].expand(-1, width, -1)
+    allowed = torch.cat([context, own_tail], dim=2)[:, None]
+    return torch.zeros(allowed.shape, dtype=dtype, device=segment.device).masked_fill(~allowed, torch.finfo(dtype).min)
+
+
+def _continuation_tails(body, cache, mask, lengths, tails_per_row: Sequence[Sequence[tuple[int, ...]]], pad_id: int) -> torch.Tensor:
+    """Hidden states over every multi-token continuation but its last token, reading its item's cached context.
+
+    An item's tails are packed into one row after its cached context (tree attention: each
+    tail sees the context and itself, not its siblings), so the context is neither re-run nor
+    copied per choice. Each tail takes the positions right after its context's last real token.
+    Rows come out tail by tail, in order, each tail's tokens in order.
+    """
+    ids, segment, offset = _packed_tails(tails_per_row, pad_id, mask.device)
+    hidden = body(
+        input_ids=ids,
+        attention_mask=_tails_mask(mask, segment, body.get_input_embeddings().weight.dtype),
+        position_ids=lengths[:, None] + offset,
+        past_key_values=cache,
+        use_cache=True,
+    ).last_hidden_state
+    return hidden[segment >= 0]
+
+
+@torch.inference_mode()
+def _shared_context_logprobs(model, requests: Sequence[ScoringRequest], pad_id: int, batch_size: int, on_batch) -> list[list[float]]:
+    """Sum of token log-probs of each continuation, the shared context encoded once per item."""
+    body, head, softcap = causal_lm_parts(model)
+    device = next(model.parameters()).device
+    window = _cache_window(model)
+    offsets = _slot_offsets(requests)
+    queue = _HeadQueue(offsets[-1] + len(requests[-1].continuations) if requests else 0, head, softcap, device)
+    full: dict[int, list[float]] = {}
+    for batch in _batches(requests, batch_size):
+        tails_per_row = [[(k, c) for k, c in enumerate(requests[i].continuations) if len(c) > 1] for i in batch]
+        longest = max(len(requests[i].context_ids) for i in batch) + max(sum(len(c) for _, c in tails) for tails in tails_per_row)
+        if window is not None and longest > window:
+            # Past a sliding window the cache no longer holds the whole context: score in full.
+            full.update(zip(batch, _full_continuation_logprobs(model, [requests[i] for i in batch], pad_id, batch_size, None)))
+        else:
+            result, mask, lengths, last = _encode_contexts(body, [requests[i].context_ids for i in batch], pad_id, device, use_cache=True)
+            queue.add(last, [(row, c[0], offsets[i] + k) for row, i in enumerate(batch) for k, c in enumerate(requests[i].continuations)])
+            if any(tails_per_row):
+                hidden = _continuation_tails(body, result.past_key_values, mask, lengths, [[c for _, c in t] for t in tails_per_row], pad_id)
+                wanted = [(offsets[i] + k, token) for i, tails in zip(batch, tails_per_row) for k, c in tails for token in c[1:]]
+                queue.add(hidden, [(row, token, slot) for row, (slot, token) in enumerate(wanted)])
+        if on_batch:
+            on_batch(len(batch))
+    out = queue.results(requests)
+    for i, logprobs in full.items():
+        out[i] = logprobs
     return out
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def _full_continuation_logprobs(model, requests: Sequence[ScoringRequest], pad_id: int, batch_size: int, on_batch) -> list[list[float]]:
-    """Sum of token log-probs of each whole continuation after its context."""
+    """Sum of token log-probs of each whole continuation after its context, every pair run in full."""
     body, head, softcap = causal_lm_parts(model)
     device = next(model.parameters()).device
     sequences = [(r, c) for r, request in enumerate(requests) for c in range(len(request.continuations))]
     out: list[list[float]] = [[0.0] * len(r.continuations) for r in requests]
     for start in range(0, len(sequences), batch_size):
         chunk = sequences[start : start + batch_size]
-        rows = [requests[r].context_ids + requests[r].continuations[c] for r, c in chunk]
-        width = max(map(len, rows))
-        ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for k, row in enumerate(rows):
-            ids[k, : len(row)] = torch.tensor(row)
-            mask[k, : len(row)] = 1
-        hidden = body(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
+        ids, mask, _ = _right_padded([requests[r].context_ids + requests[r].continuations[c] for r, c in chunk], pad_id, device)
+        hidden = body(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
         for k, (r, c) in enumerate(chunk):
             n_context = len(requests[r].context_ids)
             targets = torch.tensor(requests[r].continuations[c], device=device)
@@ -112,13 +326,20 @@ def score_choices(
     chat_template: bool,
     batch_size: int = 32,
     model_name: str = "",
+    prompt_format: PromptFormat = "lettered",
+    normalize: bool = True,
     on_batch: Callable[[int], None] | None = None,
 ) -> list[ItemPrediction]:
-    """Predict each item's answer as the choice with the highest log-likelihood."""
-    requests = build_requests(items, tokenizer, chat_template=chat_template, model_name=model_name)
-    single_token = all(len(c) == 1 for r in requests for c in r.continuations)
-    score = _single_token_logprobs if single_token else _full_continuation_logprobs
-    logprobs = score(model, requests, tokenizer.pad_token_id, batch_size, on_batch)
+    """Predict each item's answer as the choice with the highest log-likelihood.
+
+    ``normalize=False`` keeps, for single-token answers, the candidates' logits instead of
+    log-probabilities (same prediction, cheaper head); longer answers are always normalised.
+    """
+    requests = build_requests(items, tokenizer, chat_template=chat_template, prompt_format=prompt_format, model_name=model_name)
+    if all(len(c) == 1 for r in requests for c in r.continuations):
+        logprobs = _single_token_logprobs(model, requests, tokenizer.pad_token_id, batch_size, on_batch, normalize)
+    else:
+        logprobs = _shared_context_logprobs(model, requests, tokenizer.pad_token_id, batch_size, on_batch)
     predictions = []
     for request, lp in zip(requests, logprobs):
         item = request.item
@@ -149,3 +370,29 @@ def summarize(predictions: Sequence[ItemPrediction], continuation_lengths: Seque
         )
     first = predictions[0]
     return TargetScore(first.target_task, first.target_language, len(predictions), correct / len(predictions), correct_norm / len(predictions))
+
+
+class NativeScorer:
+    """The native backend behind :class:`donors.evaluate.Scorer`."""
+
+    def __init__(self, *, chat_template: bool, batch_size: int = 32, prompt_format: PromptFormat = "lettered", normalize: bool = True):
+        self.chat_template = chat_template
+        self.batch_size = batch_size
+        self.prompt_format = prompt_format
+        self.normalize = normalize
+
+    def score(self, model, tokenizer, targets: Mapping[Key, Sequence[Item]], *, model_name: str = "", on_batch=None) -> dict[Key, TargetResult]:
+        """All targets in one length-sorted pass, so small targets still fill whole batches."""
+        on_gpu = next(model.parameters()).device.type == "cuda"
+        items = [item for target in targets.values() for item in target]
+        predictions = iter(score_choices(
+            model, tokenizer, items, chat_template=self.chat_template, model_name=model_name, on_batch=on_batch,
+            batch_size=self.batch_size * (GPU_BATCH_FACTOR if on_gpu else 1), prompt_format=self.prompt_format, normalize=self.normalize,
+        ))
+        results = {}
+        for key, target in targets.items():
+            mine = [next(predictions) for _ in target]
+            # lm-eval's acc_norm divides by each choice string's length in characters.
+            lengths = [[len(s) for s in choice_strings(item, self.prompt_format)] for item in target]
+            results[key] = TargetResult(summarize(mine, lengths), mine)
+        return results

@@ -1,0 +1,57 @@
+"""Two scoring backends behind one interface, chosen by ``eval.backend`` in the study config.
+
+* ``native`` (:mod:`donors.evaluate.native`): our scorer, built for this workload;
+* ``harness`` (:mod:`donors.evaluate.harness`): lm-evaluation-harness does the scoring, on
+  lm-eval tasks generated from our items, with adapters swapped onto one loaded base model.
+
+Both take any model object (a base model or a ``PeftModel`` with its current adapter) and
+return the same records, so the store and every analysis are blind to which one ran.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Hashable, Literal, Mapping, Protocol, Sequence, TypeVar
+
+from donors.records import ItemPrediction, TargetScore
+
+if TYPE_CHECKING:
+    from donors.config import EvalConfig
+    from donors.tasks.item import Item
+
+PromptFormat = Literal["lettered", "continuation"]
+Key = TypeVar("Key", bound=Hashable)
+
+
+@dataclass(frozen=True)
+class TargetResult:
+    """One target scored by one model state: its summary and the item-level predictions."""
+
+    score: TargetScore
+    predictions: list[ItemPrediction]
+
+
+class Scorer(Protocol):
+    """Scores targets (any hashable key -> that target's items) with the model as it is now."""
+
+    def score(
+        self,
+        model,
+        tokenizer,
+        targets: Mapping[Key, Sequence[Item]],
+        *,
+        model_name: str = "",
+        on_batch: Callable[[int], None] | None = None,
+    ) -> dict[Key, TargetResult]: ...
+
+
+def get_scorer(config: EvalConfig, *, prompt_format: PromptFormat | None = None, normalize: bool = True) -> Scorer:
+    """The backend ``config.backend`` names; imported here so ``native`` never pays for lm-eval's import."""
+    fmt = prompt_format or config.prompt_format
+    if config.backend == "harness":
+        from donors.evaluate.harness import HarnessScorer
+
+        return HarnessScorer(chat_template=config.chat_template, batch_size=config.batch_size, prompt_format=fmt)
+    from donors.evaluate.native import NativeScorer
+
+    return NativeScorer(chat_template=config.chat_template, batch_size=config.batch_size, prompt_format=fmt, normalize=normalize)
