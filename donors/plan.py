@@ -149,7 +149,7 @@ class StudyPlan:
             f"evaluation jobs = states x {self.targets} targets",
             f"tokens: characters / {self.chars_per_token:g} (real tokenizers differ; non-Latin scripts take more tokens "
             "per character); training counts every train item (its validation share too) once per epoch, each capped at "
-            f"train.max_length{chat}",
+            f"its task's max_length (else train.max_length){chat}",
             f"FLOPs: LoRA training {TRAIN_FLOPS_PER_PARAM_TOKEN:g} x params x tokens (forward + activation gradients; "
             f"frozen weights need no weight gradients), scoring {EVAL_FLOPS_PER_PARAM_TOKEN:g} x params x tokens; no padding",
             f"GPU-hours: FLOPs / ({self.tflops:g} TFLOP/s x {self.mfu:.0%} utilisation); change with --tflops and --mfu",
@@ -190,13 +190,13 @@ def _is_local_source(task) -> bool:
     return task.data_dir is not None or task.data_files is not None or Path(task.dataset_id).expanduser().is_dir()
 
 
-def _train_tokens(item: Item, config: StudyConfig, ratio: float) -> float:
+def _train_tokens(item: Item, config: StudyConfig, ratio: float, max_length: int) -> float:
     """A text target (TruthfulQA) is trained bare; a lettered prompt may be chat-wrapped."""
     if item.target_text is not None:
         tokens = len(item.target_text) / ratio
     else:
         tokens = (len(lettered_prompt(item)) + 2) / ratio + (CHAT_TEMPLATE_TOKENS if config.train.chat_template else 0)
-    return min(tokens, config.train.max_length)
+    return min(tokens, max_length)
 
 
 def _test_tokens(item: Item, config: StudyConfig, ratio: float) -> float:
@@ -210,7 +210,7 @@ def _measured(spec: TaskSpec, task, config: StudyConfig, ratio: float) -> TaskSi
         train = subsample(task.load(language, "train"), config.train.max_items)
         test = subsample(task.load(language, "test"), config.eval.max_items)
         train_items, test_items = train_items + len(train), test_items + len(test)
-        train_tokens += sum(_train_tokens(i, config, ratio) for i in train)
+        train_tokens += sum(_train_tokens(i, config, ratio, config.max_length_for(spec.name)) for i in train)
         test_tokens += sum(_test_tokens(i, config, ratio) for i in test)
     return TaskSizes(spec.name, train_items, test_items, train_tokens, test_tokens, False, "from the data")
 
@@ -222,7 +222,7 @@ def _published(spec: TaskSpec, config: StudyConfig, ratio: float, why: str) -> T
     n_test = min(n_test, config.eval.max_items or n_test)
     train_chars, test_chars = TYPICAL_PROMPT_CHARS[benchmark]
     train_chat = CHAT_TEMPLATE_TOKENS if config.train.chat_template and benchmark != "truthfulqa" else 0
-    per_train = min(train_chars / ratio + train_chat, config.train.max_length)
+    per_train = min(train_chars / ratio + train_chat, config.max_length_for(spec.name))
     per_test = test_chars / ratio + (CHAT_TEMPLATE_TOKENS if config.eval.chat_template else 0)
     n_languages = len(config.languages)
     return TaskSizes(

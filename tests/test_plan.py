@@ -56,6 +56,8 @@ def test_paper_preset_is_the_published_protocol():
     assert (train.epochs, train.warmup_ratio, train.learning_rate) == (3, 0.1, 5e-5)
     assert (train.validation_fraction, train.split_seed, train.keep_best) == (0.1, 42, True)
     assert train.chat_template is False and train.max_length == 256 and train.max_items is None
+    lengths = {task: config.train_config_for(task).max_length for task in config.task_names}
+    assert lengths == {"arc_challenge": 256, "global_mmlu": 512, "hellaswag": 512, "truthfulqa": 128}
     assert config.eval.chat_template is True and config.eval.metric == "acc_norm" and config.eval.max_items is None
     assert config.dtype == "bfloat16"
 

@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 import torch
 
 from donors.config import StudyConfig
-from donors.evaluate.native import score_choices, summarize
+from donors.evaluate import get_scorer
 from donors.grid import Cell
 from donors.jobs import TrainJob
 from donors.models import load_model
@@ -51,12 +51,17 @@ def train_adapter(
     items: Sequence[Item],
     storage_dir: Path,
     on_step: Callable[[int, int], None] | None = None,
+    base: tuple | None = None,
 ) -> AdapterRecord:
-    """Fine-tune a freshly loaded base model on one source; the adapter lands under ``storage_dir``."""
-    model, tokenizer = load_model(job.model, dtype=config.dtype, trust_remote_code=config.trust_remote_code)
+    """Fine-tune the base model on one source; the adapter lands under ``storage_dir``.
+
+    ``base``: an already loaded (model, tokenizer) of ``job.model`` to train on (it comes back
+    unchanged, frozen); by default a fresh one is loaded.
+    """
+    model, tokenizer = base or load_model(job.model, dtype=config.dtype, trust_remote_code=config.trust_remote_code)
     path = job.adapter_dir(storage_dir)
     result = train_lora(
-        model, tokenizer, items, lora=config.lora, train=config.train, seed=job.seed,
+        model, tokenizer, items, lora=config.lora, train=config.train_config_for(job.source.task), seed=job.seed,
         output_dir=path, model_name=job.model, on_step=on_step,
     )
     return AdapterRecord(
@@ -93,6 +98,7 @@ def evaluate_states(
     from peft import PeftModel
 
     base, tokenizer = load_model(model_name, dtype=config.dtype, trust_remote_code=config.trust_remote_code)
+    backend = get_scorer(config.eval)
     peft_model = None
     for state, adapter_path, targets in work:
         if state.is_base:
@@ -110,11 +116,9 @@ def evaluate_states(
         with context:
             for target in targets:
                 try:
-                    predictions = score_choices(
-                        scorer, tokenizer, test_items[target],
-                        chat_template=config.eval.chat_template, batch_size=config.eval.batch_size,
-                        model_name=model_name, on_batch=on_items,
-                    )
-                    on_result((state, summarize(predictions), predictions))
+                    (result,) = backend.score(
+                        scorer, tokenizer, {target: test_items[target]}, model_name=model_name, on_batch=on_items
+                    ).values()
+                    on_result((state, result.score, result.predictions))
                 except Exception as error:  # noqa: BLE001 - one failed target must not stop the others
                     on_failure(state, target, error)
