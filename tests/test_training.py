@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from peft import PeftModel
 from safetensors.torch import load_file
 
@@ -36,13 +37,20 @@ def test_fine_tuning_raises_the_sources_own_held_out_score(tmp_path):
 
 
 def test_same_seed_gives_bit_identical_adapters_and_records_the_items(tmp_path):
+    """Also on a base that already trained another adapter: one loaded base serves many adapters."""
     items = get_task("number_words").load("en", "train")[:10]
     config = TrainConfig(epochs=1, batch_size=4, learning_rate=1e-3)
-    weights = []
-    for run in ("a", "b"):
-        model, tokenizer = load_model(MODEL)
-        train_lora(model, tokenizer, items, lora=LoraConfig(r=4, alpha=8), train=config, seed=42, output_dir=tmp_path / run)
-        weights.append(load_file(tmp_path / run / "adapter_model.safetensors"))
+    lora = LoraConfig(r=4, alpha=8)
+    model, tokenizer = load_model(MODEL)
+    train_lora(model, tokenizer, items, lora=lora, train=config, seed=42, output_dir=tmp_path / "a")
+    shared, _ = load_model(MODEL)
+    before = {k: v.clone() for k, v in shared.state_dict().items()}
+    train_lora(shared, tokenizer, get_task("cldr_continent").load("de", "train")[:10], lora=lora, train=config, seed=7,
+               output_dir=tmp_path / "other")
+    after = shared.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+    train_lora(shared, tokenizer, items, lora=lora, train=config, seed=42, output_dir=tmp_path / "b")
+    weights = [load_file(tmp_path / run / "adapter_model.safetensors") for run in ("a", "b")]
     assert weights[0].keys() == weights[1].keys()
     assert all((weights[0][k] == weights[1][k]).all() for k in weights[0])
     meta = json.loads((tmp_path / "a" / "donors_adapter.json").read_text())

@@ -1,8 +1,8 @@
 """Run a study's jobs in this process: train what is missing, then score what is missing.
 
-One model is loaded at a time. Training starts from a freshly loaded base model for each
-job (nothing of one run leaks into the next); evaluation loads the base once per model and
-swaps adapters onto it. Each finished unit of work is committed to the store before the
+One model is loaded at a time. Training loads the base once per model and trains each
+adapter on it in turn (the LoRA layers are taken out after each run, so nothing of one run
+leaks into the next); evaluation loads the base once per model and swaps adapters onto it. Each finished unit of work is committed to the store before the
 next begins, so a killed run loses at most the unit in flight.
 """
 
@@ -14,7 +14,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from donors.config import StudyConfig
 from donors.execute.pending import pending_eval_work, pending_train_jobs
 from donors.execute.work import describe, evaluate_states, train_adapter
-from donors.jobs import model_states
+from donors.grid import Cell
+from donors.jobs import EvalJob, model_states
+from donors.models import load_model
 from donors.store import ResultsStore
 from donors.tasks.data import StudyData
 
@@ -41,14 +43,19 @@ class LocalExecutor:
     def train(self, model: str) -> None:
         jobs = [job for job in pending_train_jobs(self.config, self.store) if job.model == model]
         self.console.print(f"[bold]train[/bold] {model}: {len(jobs)} adapter(s) to train")
+        if not jobs:
+            return
+        # One frozen base for every adapter of this model: train_lora hands it back unchanged.
+        base = load_model(model, dtype=self.config.dtype, trust_remote_code=self.config.trust_remote_code)
         with _progress(self.console) as progress:
             overall = progress.add_task(f"train {model}", total=len(jobs))
             for job in jobs:
                 bar = progress.add_task(f"train {job.source} seed {job.seed}", total=None)
+                self.store.mark_running([job.job_id], "train")
                 try:
                     record = train_adapter(
                         self.config, job, self.data.train[job.source], self.config.adapter_storage,
-                        on_step=lambda step, total: progress.update(bar, completed=step, total=total),
+                        on_step=lambda step, total: progress.update(bar, completed=step, total=total), base=base,
                     )
                     self.store.add_adapter(record)
                     losses = ", ".join(f"{v:.3f}" for v in record.validation_losses)
@@ -59,6 +66,7 @@ class LocalExecutor:
                 except Exception as error:  # noqa: BLE001 - record it, go on with the rest
                     self.store.record_failure(job.job_id, "train", describe(error))
                     progress.console.print(f"[red]training failed[/red] {job.job_id}: {error}")
+                self.store.clear_running([job.job_id])
                 progress.remove_task(bar)
                 progress.advance(overall)
 
@@ -71,15 +79,20 @@ class LocalExecutor:
         with _progress(self.console) as progress:
             bar = progress.add_task(f"evaluate {model}", total=sum(len(self.data.test[t]) for _, _, ts in work for t in ts))
 
+            def scored(result) -> None:
+                state, score, _ = result
+                self.store.add_target_result(*result)
+                self.store.clear_running([EvalJob(state, Cell(score.target_task, score.target_language)).job_id])
+
             def failed(state, target, error) -> None:
-                self.store.record_failure(f"eval:{state.state_id}:{target}", "eval", describe(error))
+                self.store.record_failure(EvalJob(state, target).job_id, "eval", describe(error))
+                self.store.clear_running([EvalJob(state, target).job_id])
                 progress.console.print(f"[red]evaluation failed[/red] {state.state_id} on {target}: {error}")
 
+            self.store.mark_running([EvalJob(state, t).job_id for state, _, targets in work for t in targets], "eval")
             evaluate_states(
                 self.config, model, work, self.data.test,
-                on_result=lambda result: self.store.add_target_result(*result),
-                on_failure=failed,
-                on_items=lambda n: progress.advance(bar, n),
+                on_result=scored, on_failure=failed, on_items=lambda n: progress.advance(bar, n),
             )
         self.console.print(f"  scored {n_pairs} pair(s) of {model}")
 

@@ -172,6 +172,8 @@ def train_lora(
 
     The adapter is written to a temporary directory first and renamed into place, so a
     killed run never leaves a half-written adapter where a finished one is expected.
+    ``model`` carries the LoRA layers only while this runs: it is handed back as it came,
+    so one loaded base serves every adapter trained in a process.
     """
     started = time.perf_counter()
     torch.manual_seed(seed)
@@ -196,57 +198,62 @@ def train_lora(
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning)  # a transformers deprecation inside peft
         peft_model = get_peft_model(model, peft_config)
-    trainable = [p for p in peft_model.parameters() if p.requires_grad]
-    # The fused kernel is the same AdamW update in one pass over the parameters, not one per tensor.
-    fused = trainable[0].device.type in ("cpu", "cuda")
-    optimizer = torch.optim.AdamW(trainable, lr=train.learning_rate, weight_decay=train.weight_decay, fused=fused)
+    try:
+        trainable = [p for p in peft_model.parameters() if p.requires_grad]
+        # The fused kernel is the same AdamW update in one pass over the parameters, not one per tensor.
+        fused = trainable[0].device.type in ("cpu", "cuda")
+        optimizer = torch.optim.AdamW(trainable, lr=train.learning_rate, weight_decay=train.weight_decay, fused=fused)
 
-    micro = train.micro_batch_size or train.batch_size
-    steps_per_epoch = math.ceil(len(train_examples) / train.batch_size)
-    total_steps = steps_per_epoch * train.epochs
-    scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(train.warmup_ratio * total_steps), total_steps)
+        micro = train.micro_batch_size or train.batch_size
+        steps_per_epoch = math.ceil(len(train_examples) / train.batch_size)
+        total_steps = steps_per_epoch * train.epochs
+        scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(train.warmup_ratio * total_steps), total_steps)
 
-    order_rng = random.Random(seed)
-    losses: list[float] = []
-    best_state, best_epoch, step = None, None, 0
-    peft_model.train()
-    for epoch in range(train.epochs):
-        order = list(range(len(train_examples)))
-        order_rng.shuffle(order)
-        for first in range(0, len(order), train.batch_size):
-            batch = [train_examples[i] for i in order[first : first + train.batch_size]]
-            n_tokens = sum(len(e.input_ids) - e.loss_start for e in batch)
-            micro = _step_gradients(peft_model, optimizer, batch, pad_id, micro, n_tokens, f"step {step + 1} of epoch {epoch + 1}")
-            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            if on_step:
-                on_step(step, total_steps)
-        if validation_examples:
-            losses.append(validation_loss(peft_model, validation_examples, pad_id, micro))
-            if not math.isfinite(losses[-1]):
-                raise TrainingError(f"non-finite validation loss after epoch {epoch + 1}")
-            if train.keep_best and (best_epoch is None or losses[-1] < losses[best_epoch - 1]):
-                best_epoch = epoch + 1
-                best_state = {k: v.detach().clone() for k, v in peft_model.named_parameters() if v.requires_grad}
+        order_rng = random.Random(seed)
+        losses: list[float] = []
+        best_state, best_epoch, step = None, None, 0
+        peft_model.train()
+        for epoch in range(train.epochs):
+            order = list(range(len(train_examples)))
+            order_rng.shuffle(order)
+            for first in range(0, len(order), train.batch_size):
+                batch = [train_examples[i] for i in order[first : first + train.batch_size]]
+                n_tokens = sum(len(e.input_ids) - e.loss_start for e in batch)
+                micro = _step_gradients(peft_model, optimizer, batch, pad_id, micro, n_tokens, f"step {step + 1} of epoch {epoch + 1}")
+                torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+                optimizer.step()
+                scheduler.step()
+                step += 1
+                if on_step:
+                    on_step(step, total_steps)
+            if validation_examples:
+                losses.append(validation_loss(peft_model, validation_examples, pad_id, micro))
+                if not math.isfinite(losses[-1]):
+                    raise TrainingError(f"non-finite validation loss after epoch {epoch + 1}")
+                if train.keep_best and (best_epoch is None or losses[-1] < losses[best_epoch - 1]):
+                    best_epoch = epoch + 1
+                    best_state = {k: v.detach().clone() for k, v in peft_model.named_parameters() if v.requires_grad}
 
-    if best_state is not None:
-        with torch.no_grad():
-            for name, parameter in peft_model.named_parameters():
-                if name in best_state:
-                    parameter.copy_(best_state[name])
-    peft_model.eval()
-    result = TrainResult(
-        train_ids=tuple(i.id for i in train_items),
-        validation_ids=tuple(i.id for i in validation_items),
-        validation_losses=tuple(losses),
-        best_epoch=best_epoch if train.keep_best else None,
-        seconds=time.perf_counter() - started,
-        steps=step,
-        micro_batch_size=micro,
-    )
-    _save_adapter(peft_model, output_dir, result, seed)
+        if best_state is not None:
+            with torch.no_grad():
+                for name, parameter in peft_model.named_parameters():
+                    if name in best_state:
+                        parameter.copy_(best_state[name])
+        peft_model.eval()
+        result = TrainResult(
+            train_ids=tuple(i.id for i in train_items),
+            validation_ids=tuple(i.id for i in validation_items),
+            validation_losses=tuple(losses),
+            best_epoch=best_epoch if train.keep_best else None,
+            seconds=time.perf_counter() - started,
+            steps=step,
+            micro_batch_size=micro,
+        )
+        _save_adapter(peft_model, output_dir, result, seed)
+    finally:
+        # Take the LoRA layers out again: the caller's base model is left as it came, frozen and
+        # unchanged, so the next adapter can be trained on it without reloading the weights.
+        peft_model.unload()
     return result
 
 
