@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from donors import plan as planning
 from donors.jobs import eval_jobs, train_jobs
 from donors.plan import StudyPlan
 from donors.store import ResultsStore
-from donors.store.lock import study_lock
+from donors.store.lock import study_in_use, study_lock
 
 STORE_NAME = "results.sqlite"
 
@@ -72,6 +73,7 @@ def run_study(config: StudyConfig | str | Path, *, console: Console | None = Non
         (study_dir / "config.json").write_text(config.model_dump_json(indent=1))
         with ResultsStore(store_path(study_dir)) as store:
             _check_same_recipe(store, config)
+            store.clear_running()  # whatever an earlier, stopped driver had in flight is pending again
             executor = LocalExecutor if config.executor == "local" else _ray_executor()
             executor(config, store, data, console).run()
             failures = store.failures()
@@ -95,34 +97,47 @@ def _ray_executor():
 
 @dataclass(frozen=True)
 class StudyStatus:
+    """Job counts by state. ``running``: handed to a worker by a live ``donors run`` and not yet back."""
+
     train_done: int
     train_failed: int
+    train_running: int
     train_pending: int
     eval_done: int
     eval_failed: int
+    eval_running: int
     eval_pending: int
     failures: pd.DataFrame
 
 
 def study_status(config: StudyConfig | str | Path) -> StudyStatus:
-    """Counts of done, failed and pending jobs, read from the store (no lock needed)."""
+    """Counts of done, failed, running and pending jobs, read from the store (no lock needed)."""
     config = load_config(config) if not isinstance(config, StudyConfig) else config
     path = store_path(config.output_dir)
+    t_jobs, e_jobs = train_jobs(config), eval_jobs(config)
     if not path.exists():
-        n_train, n_eval = len(train_jobs(config)), len(eval_jobs(config))
-        return StudyStatus(0, 0, n_train, 0, 0, n_eval, pd.DataFrame(columns=["job_id", "kind", "error", "attempts"]))
+        return StudyStatus(0, 0, 0, len(t_jobs), 0, 0, 0, len(e_jobs), pd.DataFrame(columns=["job_id", "kind", "error", "attempts"]))
     with ResultsStore(path) as store:
         adapters = store.adapter_ids()
         scored = store.scores()
         failures = store.failures()
+        # Rows left by a driver that was killed describe nothing in flight now.
+        running = store.running() if study_in_use(config.output_dir) else set()
     done_pairs = set(zip(scored["state_id"], scored["target_task"], scored["target_language"]))
     failed_ids = set(failures["job_id"])
-    t_jobs, e_jobs = train_jobs(config), eval_jobs(config)
-    t_done = sum(j.job_id in adapters for j in t_jobs)
-    t_failed = sum(j.job_id in failed_ids and j.job_id not in adapters for j in t_jobs)
-    e_done = sum((j.state.state_id, j.target.task, j.target.language) in done_pairs for j in e_jobs)
-    e_failed = sum(j.job_id in failed_ids for j in e_jobs)
-    return StudyStatus(t_done, t_failed, len(t_jobs) - t_done - t_failed, e_done, e_failed, len(e_jobs) - e_done - e_failed, failures)
+
+    def state_of(job_id: str, done: bool) -> str:
+        if done:
+            return "done"
+        return "running" if job_id in running else "failed" if job_id in failed_ids else "pending"
+
+    t_states = Counter(state_of(j.job_id, j.job_id in adapters) for j in t_jobs)
+    e_states = Counter(state_of(j.job_id, (j.state.state_id, j.target.task, j.target.language) in done_pairs) for j in e_jobs)
+    return StudyStatus(
+        *(t_states[s] for s in ("done", "failed", "running", "pending")),
+        *(e_states[s] for s in ("done", "failed", "running", "pending")),
+        failures,
+    )
 
 
 def plan_study(

@@ -99,13 +99,13 @@ def plan(
 
 @app.command()
 def status(config: Path) -> None:
-    """Done / failed / pending counts, and the errors of failed jobs."""
+    """Done / failed / running / pending counts, and the errors of failed jobs."""
     s = _handled(lambda: api.study_status(config))
     table = Table(title="study status")
-    for column in ("jobs", "done", "failed", "pending"):
+    for column in ("jobs", "done", "failed", "running", "pending"):
         table.add_column(column, justify="right")
-    table.add_row("training", str(s.train_done), str(s.train_failed), str(s.train_pending))
-    table.add_row("evaluation", str(s.eval_done), str(s.eval_failed), str(s.eval_pending))
+    table.add_row("training", str(s.train_done), str(s.train_failed), str(s.train_running), str(s.train_pending))
+    table.add_row("evaluation", str(s.eval_done), str(s.eval_failed), str(s.eval_running), str(s.eval_pending))
     out = Console()
     out.print(table)
     for row in s.failures.itertuples():

@@ -116,10 +116,15 @@ def test_killed_study_resumes_to_the_same_numbers(finished_study, tmp_path):
             break
         time.sleep(0.5)
     assert process.poll() is None, "the study finished before it could be killed; make it larger"
+    # While it runs, status sees the adapter in training (polled: it may be between two jobs).
+    assert any(api.study_status(config).train_running == 1 or time.sleep(0.2) for _ in range(25))
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     partial = len(store_rows(study_dir, "adapters"))
     assert 2 <= partial < 4
+    # Once the driver is dead nothing is running: what it had in flight is pending again.
+    status = api.study_status(config)
+    assert (status.train_done, status.train_running, status.train_pending) == (partial, 0, 4 - partial)
     api.run_study(config, report=False)
     resumed = store_rows(study_dir, "scores").sort_values(["state_id", "target_task", "target_language"])
     pd.testing.assert_frame_equal(resumed.reset_index(drop=True), reference.reset_index(drop=True))
@@ -140,5 +145,24 @@ def test_changed_recipe_is_refused_with_the_changed_field(finished_study, tmp_pa
 def test_status_counts_finished_work(finished_study):
     config, _ = finished_study
     status = api.study_status(config)
-    assert (status.train_done, status.train_failed, status.train_pending) == (4, 0, 0)
-    assert (status.eval_done, status.eval_failed, status.eval_pending) == (N_STATES * N_TARGETS, 0, 0)
+    assert (status.train_done, status.train_failed, status.train_running, status.train_pending) == (4, 0, 0, 0)
+    assert (status.eval_done, status.eval_failed, status.eval_running, status.eval_pending) == (N_STATES * N_TARGETS, 0, 0, 0)
+
+
+def test_status_counts_running_jobs_only_while_a_driver_holds_the_study(tmp_path):
+    from donors.config import load_config
+    from donors.jobs import eval_jobs, train_jobs
+    from donors.store import ResultsStore
+    from donors.store.lock import study_lock
+
+    config = load_config(write_config(tmp_path))
+    first_train, first_eval = train_jobs(config)[0], eval_jobs(config)[0]
+    with ResultsStore(tmp_path / "study" / "results.sqlite") as store:
+        store.mark_running([first_train.job_id], "train")
+        store.mark_running([first_eval.job_id], "eval")
+    with study_lock(config.output_dir):
+        status = api.study_status(config)
+        assert (status.train_running, status.train_pending) == (1, 3)
+        assert (status.eval_running, status.eval_pending) == (1, N_STATES * N_TARGETS - 1)
+    status = api.study_status(config)
+    assert (status.train_running, status.train_pending, status.eval_running) == (0, 4, 0)

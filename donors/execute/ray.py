@@ -20,7 +20,7 @@ from donors.config import StudyConfig
 from donors.execute.pending import pending_eval_work, pending_train_jobs
 from donors.execute.work import TargetResult, describe, evaluate_states, train_adapter
 from donors.grid import Cell
-from donors.jobs import TrainJob, model_states, train_jobs
+from donors.jobs import EvalJob, TrainJob, model_states, train_jobs
 from donors.records import ModelState
 from donors.store import ResultsStore
 from donors.tasks.data import StudyData
@@ -83,8 +83,11 @@ class RayExecutor:
         pending_train = pending_train_jobs(self.config, self.store)
         self.console.print(f"[bold]ray[/bold] {len(pending_train)} training job(s), {gpus:g} GPU(s) and {settings.cpus_per_job:g} CPU(s) each")
         in_flight = {train_remote.remote(self.config, job, self.data.train[job.source]): ("train", job) for job in pending_train}
+        self.store.mark_running([job.job_id for job in pending_train], "train")
         waiting_groups = self._eval_groups()
         finished_train = {job.job_id for job in train_jobs(self.config)} - {job.job_id for job in pending_train}
+
+        eval_ids: dict = {}  # in-flight evaluation ref -> the (state, target) jobs it scores
 
         def submit_ready_groups() -> None:
             for key in list(waiting_groups):
@@ -95,16 +98,20 @@ class RayExecutor:
                     if work:
                         ref = eval_remote.remote(self.config, key[0], work, {t: self.data.test[t] for _, _, ts in work for t in ts})
                         in_flight[ref] = ("eval", key)
+                        eval_ids[ref] = [EvalJob(state, t).job_id for state, _, targets in work for t in targets]
+                        self.store.mark_running(eval_ids[ref], "eval")
 
         submit_ready_groups()
         while in_flight:
             ready, _ = ray.wait(list(in_flight), num_returns=1)
             kind, what = in_flight.pop(ready[0])
+            finished = eval_ids.pop(ready[0], None) or ([what.job_id] if kind == "train" else [])
             try:
                 result = ray.get(ready[0])
             except Exception as error:  # noqa: BLE001 - retries are spent; record it and go on
                 job_id = what.job_id if kind == "train" else f"eval:{what[0]}|seed{what[1]}"
                 self.store.record_failure(job_id, kind, describe(error))
+                self.store.clear_running(finished)
                 self.console.print(f"[red]{kind} failed after {settings.max_retries} retries[/red] {job_id}")
                 if kind == "train":
                     finished_train.add(what.job_id)
@@ -122,6 +129,7 @@ class RayExecutor:
                 for state, target, error in failures:
                     self.store.record_failure(f"eval:{state.state_id}:{target}", "eval", error)
                 self.console.print(f"  scored {len(results)} pair(s) of {what[0]} seed {what[1]}")
+            self.store.clear_running(finished)
 
     def _eval_groups(self) -> dict[tuple[str, int], list[ModelState]]:
         """(model, seed) -> its states; the base model rides with the model's first seed."""

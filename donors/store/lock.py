@@ -35,3 +35,17 @@ def study_lock(study_dir: Path) -> Iterator[None]:
         yield
     finally:
         lock.release()
+
+
+def study_in_use(study_dir: Path) -> bool:
+    """Whether a donors process holds the study's lock now (without taking it for long)."""
+    lock_path = Path(study_dir) / "donors.lock"
+    if not lock_path.exists():
+        return False
+    lock = FileLock(str(lock_path))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        return True
+    lock.release()
+    return False

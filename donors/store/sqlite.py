@@ -13,7 +13,7 @@ import sqlite3
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import pandas as pd
 
@@ -46,6 +46,11 @@ CREATE TABLE IF NOT EXISTS failures (
     error TEXT NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 1,
     created TEXT DEFAULT (datetime('now'))
+);
+CREATE TABLE IF NOT EXISTS running (
+    job_id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    started TEXT DEFAULT (datetime('now'))
 );
 CREATE TABLE IF NOT EXISTS predictions (
     state_id TEXT NOT NULL,
@@ -150,6 +155,23 @@ class ResultsStore:
 
     def failures(self) -> pd.DataFrame:
         return pd.read_sql_query("SELECT * FROM failures ORDER BY job_id", self._db)
+
+    # -- jobs in flight ---------------------------------------------------------------
+    def mark_running(self, job_ids: Iterable[str], kind: str) -> None:
+        """Jobs handed to a worker and not yet back; advisory, for ``donors status``."""
+        with self._transaction() as db:
+            db.executemany("INSERT OR REPLACE INTO running (job_id, kind) VALUES (?, ?)", [(j, kind) for j in job_ids])
+
+    def clear_running(self, job_ids: Iterable[str] | None = None) -> None:
+        """Forget these jobs (or all: a new driver starts with nothing in flight)."""
+        with self._transaction() as db:
+            if job_ids is None:
+                db.execute("DELETE FROM running")
+            else:
+                db.executemany("DELETE FROM running WHERE job_id = ?", [(j,) for j in job_ids])
+
+    def running(self) -> set[str]:
+        return {r[0] for r in self._db.execute("SELECT job_id FROM running")}
 
     # -- evaluation -----------------------------------------------------------------
     def add_target_result(self, state: ModelState, score: TargetScore, predictions: list[ItemPrediction]) -> None:
