@@ -8,6 +8,7 @@ On the embedded SmolLM2, 20 items of each of two tasks.
 from __future__ import annotations
 
 import pytest
+import torch
 from peft import PeftModel
 
 from donors.config import EvalConfig, LoraConfig, StudyConfig, TrainConfig
@@ -86,6 +87,27 @@ def test_adapter_scores_agree_and_the_adapter_is_in_effect(adapted, targets):
     # log-prob to each choice of an item (see render_prompt): the ranking is unchanged.
     assert max_logprob_gap(native, plain_native) > 1e-3
     assert max_logprob_gap(harness, plain_harness) > 1e-3
+
+
+def test_merged_view_of_an_adapter_scores_as_peft_does_and_leaves_the_base_untouched(adapted, targets, monkeypatch):
+    """On a CPU the native scorer reads W + BA through functional_call instead of PEFT's forward."""
+    from donors.evaluate import native
+
+    model, tokenizer = adapted
+    items = targets[TARGETS[0]]
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    merged = native.score_choices(model, tokenizer, items, chat_template=False, batch_size=8)
+    assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items())
+    with monkeypatch.context() as patch:
+        patch.setattr(native, "_merged_weights", lambda body: {})
+        peft_forward = native.score_choices(model, tokenizer, items, chat_template=False, batch_size=8)
+    assert [p.predicted for p in merged] == [p.predicted for p in peft_forward]
+    assert max(abs(a - b) for p, q in zip(merged, peft_forward) for a, b in zip(p.logprobs, q.logprobs)) < 1e-4
+    with model.disable_adapter():
+        plain = native.score_choices(model, tokenizer, items, chat_template=False, batch_size=8)
+    assert max(abs(a - b) for p, q in zip(merged, plain) for a, b in zip(p.logprobs, q.logprobs)) > 1e-3
+    # The adapter is live again afterwards: the same scores a second time.
+    assert native.score_choices(model, tokenizer, items, chat_template=False, batch_size=8) == merged
 
 
 def test_option_texts_scored_once_per_context_agree_with_the_harness(base, targets):
