@@ -31,6 +31,19 @@ class TargetResult:
     predictions: list[ItemPrediction]
 
 
+def prediction(item: Item, logprobs: Sequence[float]) -> ItemPrediction:
+    """One item's record: the choice with the highest log-likelihood is the prediction."""
+    logprobs = tuple(float(lp) for lp in logprobs)
+    return ItemPrediction(
+        target_task=item.task,
+        target_language=item.language,
+        item_id=item.id,
+        gold=item.answer_index,
+        predicted=max(range(len(logprobs)), key=logprobs.__getitem__),
+        logprobs=logprobs,
+    )
+
+
 class Scorer(Protocol):
     """Scores targets (any hashable key -> that target's items) with the model as it is now."""
 

@@ -26,9 +26,9 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
-from donors.evaluate import Key, PromptFormat, TargetResult
+from donors.evaluate import Key, PromptFormat, TargetResult, prediction
 from donors.evaluate.native import choice_strings, prompt_text
-from donors.records import ItemPrediction, TargetScore
+from donors.records import TargetScore
 from donors.tasks.item import Item
 
 LM_EVAL_VERSION = "0.4.13"
@@ -100,19 +100,7 @@ def _quiet_hflm():
 def _target_result(items: Sequence[Item], samples: list[dict], metrics: dict[str, Any]) -> TargetResult:
     """lm-eval's logged samples as our records, in the order of ``items``."""
     by_id = {sample["doc"]["id"]: sample for sample in samples}
-    predictions = []
-    for item in items:
-        logprobs = tuple(float(ll) for ll, _ in by_id[item.id]["filtered_resps"])
-        predictions.append(
-            ItemPrediction(
-                target_task=item.task,
-                target_language=item.language,
-                item_id=item.id,
-                gold=item.answer_index,
-                predicted=max(range(len(logprobs)), key=logprobs.__getitem__),
-                logprobs=logprobs,
-            )
-        )
+    predictions = [prediction(item, [ll for ll, _ in by_id[item.id]["filtered_resps"]]) for item in items]
     first = items[0]
     score = TargetScore(first.task, first.language, len(items), float(metrics["acc,none"]), float(metrics["acc_norm,none"]))
     return TargetResult(score, predictions)

@@ -22,7 +22,7 @@ from typing import Callable, Iterator, Mapping, Sequence
 
 import torch
 
-from donors.evaluate import Key, PromptFormat, TargetResult
+from donors.evaluate import Key, PromptFormat, TargetResult, prediction
 from donors.models import causal_lm_parts, head_logits
 from donors.records import ItemPrediction, TargetScore
 from donors.tasks.item import LETTERS, Item
@@ -408,20 +408,7 @@ def score_choices(
         logprobs = _single_token_logprobs(model, requests, tokenizer.pad_token_id, batch_size, on_batch, normalize)
     else:
         logprobs = _shared_context_logprobs(model, requests, tokenizer.pad_token_id, batch_size, on_batch)
-    predictions = []
-    for request, lp in zip(requests, logprobs):
-        item = request.item
-        predictions.append(
-            ItemPrediction(
-                target_task=item.task,
-                target_language=item.language,
-                item_id=item.id,
-                gold=item.answer_index,
-                predicted=max(range(len(lp)), key=lp.__getitem__),
-                logprobs=tuple(lp),
-            )
-        )
-    return predictions
+    return [prediction(request.item, lp) for request, lp in zip(requests, logprobs)]
 
 
 def summarize(predictions: Sequence[ItemPrediction], continuation_lengths: Sequence[Sequence[int]] | None = None) -> TargetScore:
