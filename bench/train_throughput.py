@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import math
 import multiprocessing
 import os
 import platform
@@ -46,22 +45,16 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from eval_throughput import matmul_gflops  # noqa: E402 - after the path setup
 
 VARIANTS = ("published", "ours")
 
 
-def matmul_gflops(n: int = 2048, reps: int = 5) -> float:
-    """Best-of-``reps`` dense fp32 matmul throughput on this process's threads, in GFLOP/s."""
-    import torch
-
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    best = math.inf
-    for _ in range(reps):
-        start = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best / 1e9
+def square_matmul_gflops() -> float:
+    """Best-of-5 fp32 throughput of a 2048-square matmul on this process's threads, in GFLOP/s."""
+    return matmul_gflops(2048, 2048, 2048)
 
 
 def non_embedding_parameters(model) -> int:
@@ -99,7 +92,7 @@ def run_variant(variant: str, model_name: str, steps: int, batch_size: int, max_
     from donors.train.lora import split_train_validation, train_lora, training_text, validation_loss
 
     warnings.filterwarnings("ignore")
-    gflops_before = matmul_gflops()
+    gflops_before = square_matmul_gflops()
     model, tokenizer = load_model(model_name)
     params = non_embedding_parameters(model)
     lora = LoraConfig(r=32, alpha=64)
@@ -149,7 +142,7 @@ def run_variant(variant: str, model_name: str, steps: int, batch_size: int, max_
             done_steps = trainer.train().global_step
     wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
 
-    gflops = max(gflops_before, matmul_gflops())
+    gflops = max(gflops_before, square_matmul_gflops())
     if done_steps != steps:
         raise RuntimeError(f"{variant} ran {done_steps} optimiser steps, not {steps}")
     train_examples = encode(train_items)
