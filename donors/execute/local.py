@@ -2,8 +2,9 @@
 
 One model is loaded at a time. Training loads the base once per model and trains each
 adapter on it in turn (the LoRA layers are taken out after each run, so nothing of one run
-leaks into the next); evaluation loads the base once per model and swaps adapters onto it. Each finished unit of work is committed to the store before the
-next begins, so a killed run loses at most the unit in flight.
+leaks into the next); evaluation loads the base once per model and swaps adapters onto it.
+Each finished unit of work is committed to the store before the next begins, so a killed
+run loses at most the unit in flight.
 """
 
 from __future__ import annotations
