@@ -6,14 +6,15 @@ import json
 
 import pytest
 import torch
-from peft import PeftModel
+from peft import PeftModel, get_peft_model
+from peft.tuners.lora.layer import Linear as PeftLoraLinear
 from safetensors.torch import load_file
 
 from donors.config import LoraConfig, TrainConfig
 from donors.evaluate.native import score_choices, summarize
 from donors.models import load_model
 from donors.tasks import get_task
-from donors.train.lora import TrainingError, split_train_validation, train_lora
+from donors.train.lora import FusedLoraLinear, TrainingError, peft_lora_config, split_train_validation, train_lora
 
 MODEL = "smollm2-135m"
 
@@ -58,6 +59,37 @@ def test_same_seed_gives_bit_identical_adapters_and_records_the_items(tmp_path):
     assert meta["train_ids"] == [i.id for i in train_ids] and meta["validation_ids"] == [i.id for i in validation_ids]
     assert meta["seed"] == 42 and len(meta["validation_losses"]) == 1
     assert not (tmp_path / "a.partial").exists()
+
+
+def test_fused_lora_layers_compute_what_peft_computes():
+    """The one-addmm forward is PEFT's function: same logits, same gradients up to rounding, PEFT's file."""
+    model, tokenizer = load_model(MODEL)
+    torch.manual_seed(0)
+    peft_model = get_peft_model(model, peft_lora_config(LoraConfig(r=8, alpha=16)))
+    fused = [m for m in peft_model.modules() if isinstance(m, FusedLoraLinear)]
+    assert len(fused) == 7 * model.config.num_hidden_layers
+    with torch.no_grad():  # B starts at zero; give the adapter something to say
+        for name, parameter in peft_model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.02)
+    batch = tokenizer(["The capital of France is", "one two three four five six seven"], return_tensors="pt", padding=True)
+
+    def logits_and_gradients():
+        peft_model.zero_grad()
+        logits = peft_model(**batch).logits
+        logits.square().mean().backward()
+        return logits.detach(), {k: p.grad.clone() for k, p in peft_model.named_parameters() if p.requires_grad}
+
+    ours, our_grads = logits_and_gradients()
+    for module in fused:
+        module.__class__ = PeftLoraLinear
+    theirs, their_grads = logits_and_gradients()
+    assert torch.allclose(ours, theirs, atol=1e-5, rtol=0)
+    assert all(torch.allclose(our_grads[k], their_grads[k], rtol=1e-4, atol=1e-4 * their_grads[k].abs().max()) for k in their_grads)
+    for module in fused:
+        module.__class__ = FusedLoraLinear
+    with peft_model.disable_adapter():  # PEFT's own path: the base model alone
+        assert not torch.allclose(peft_model(**batch).logits, ours, atol=1e-3)
 
 
 def test_split_is_ninety_ten_like_the_published_recipe():
