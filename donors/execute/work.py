@@ -95,6 +95,9 @@ def evaluate_states(
     Adapters are swapped onto the one base (PEFT's load/delete), so memory stays flat as
     the number of adapters grows. A target that fails is reported and the rest go on.
     """
+    if config.eval.backend == "vllm":
+        _evaluate_with_vllm(config, model_name, work, test_items, on_result, on_failure, on_items)
+        return
     from peft import PeftModel
 
     base, tokenizer = load_model(model_name, dtype=config.dtype, trust_remote_code=config.trust_remote_code)
@@ -122,3 +125,22 @@ def evaluate_states(
                     on_result((state, result.score, result.predictions))
                 except Exception as error:  # noqa: BLE001 - one failed target must not stop the others
                     on_failure(state, target, error)
+
+
+def _evaluate_with_vllm(config, model_name, work, test_items, on_result, on_failure, on_items) -> None:
+    """The same work through one vLLM engine: each engine call scores several adapters together."""
+    from donors.evaluate.vllm_backend import VllmScorer
+
+    scorer = VllmScorer(
+        model_name, chat_template=config.eval.chat_template, prompt_format=config.eval.prompt_format,
+        lora_rank=config.lora.r, dtype=config.dtype, trust_remote_code=config.trust_remote_code,
+    )
+    pending = {(state, target) for state, _, targets in work for target in targets}
+    states = [(state, adapter_path, {target: test_items[target] for target in targets}) for state, adapter_path, targets in work]
+    try:
+        for state, target, result in scorer.score_adapters(states, on_items=on_items):
+            pending.discard((state, target))
+            on_result((state, result.score, result.predictions))
+    except Exception as error:  # noqa: BLE001 - an engine call that fails fails the pairs it had not returned
+        for state, target in sorted(pending, key=str):
+            on_failure(state, target, error)
