@@ -427,6 +427,12 @@ def summarize(predictions: Sequence[ItemPrediction], continuation_lengths: Seque
     return TargetScore(first.target_task, first.target_language, len(predictions), correct / len(predictions), correct_norm / len(predictions))
 
 
+def target_result(items: Sequence[Item], predictions: list[ItemPrediction], prompt_format: PromptFormat) -> TargetResult:
+    """One target's record; lm-eval's acc_norm divides by each choice string's length in characters."""
+    lengths = [[len(s) for s in choice_strings(item, prompt_format)] for item in items]
+    return TargetResult(summarize(predictions, lengths), predictions)
+
+
 class NativeScorer:
     """The native backend behind :class:`donors.evaluate.Scorer`."""
 
@@ -446,8 +452,5 @@ class NativeScorer:
         ))
         results = {}
         for key, target in targets.items():
-            mine = [next(predictions) for _ in target]
-            # lm-eval's acc_norm divides by each choice string's length in characters.
-            lengths = [[len(s) for s in choice_strings(item, self.prompt_format)] for item in target]
-            results[key] = TargetResult(summarize(mine, lengths), mine)
+            results[key] = target_result(target, [next(predictions) for _ in target], self.prompt_format)
         return results

@@ -23,7 +23,7 @@ from typing import Callable, Hashable, Iterator, Mapping, Sequence, TypeVar
 
 from donors.config import ConfigError
 from donors.evaluate import Key, PromptFormat, TargetResult, prediction
-from donors.evaluate.native import ScoringRequest, build_requests, choice_strings, summarize
+from donors.evaluate.native import ScoringRequest, build_requests, target_result
 from donors.models import load_tokenizer, pick_dtype, resolve_model
 from donors.tasks.item import Item
 
@@ -156,10 +156,9 @@ class VllmScorer:
                 else:
                     logprobs = [sum(_logprob_of(next(mine), token) for token in c) for c in request.continuations]
                 predictions.append(prediction(request.item, logprobs))
-            lengths = [[len(s) for s in choice_strings(item, self.prompt_format)] for item in items]
             if on_items:
                 on_items(len(items))
-            yield state, key, TargetResult(summarize(predictions, lengths), predictions)
+            yield state, key, target_result(items, predictions, self.prompt_format)
 
     def _requests_of(self, request: ScoringRequest, single: bool):
         """The prompts and sampling parameters of one item, in the order ``_score_chunk`` reads them back."""
