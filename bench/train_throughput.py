@@ -87,13 +87,12 @@ def run_variant(variant: str, model_name: str, steps: int, batch_size: int, max_
 
     if threads:
         torch.set_num_threads(threads)
-    from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model
 
     from donors.config import LoraConfig, TrainConfig
     from donors.models import load_model
     from donors.tasks.prompts import encode_example
-    from donors.train.lora import split_train_validation, train_lora, training_text, validation_loss
+    from donors.train.lora import peft_lora_config, split_train_validation, train_lora, training_text, validation_loss
 
     warnings.filterwarnings("ignore")
     gflops_before = square_matmul_gflops()
@@ -111,8 +110,7 @@ def run_variant(variant: str, model_name: str, steps: int, batch_size: int, max_
     pad_id = tokenizer.pad_token_id
     base_loss = validation_loss(model, validation_examples, pad_id, batch_size)
 
-    peft_config = PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                                 target_modules=list(lora.target_modules), bias="none", task_type="CAUSAL_LM")
+    peft_config = peft_lora_config(lora, fused=False)  # the same LoRA, in PEFT's own layers
 
     def train_ours(items, workdir: Path):
         """train_lora; it hands the base back without its LoRA layers, so the saved adapter is what it trained."""

@@ -94,8 +94,8 @@ class FusedLoraLinear(PeftLoraLinear):
         return out.view(*x.shape[:-1], out.shape[-1])
 
 
-def peft_lora_config(lora: LoraConfig) -> PeftLoraConfig:
-    """The PEFT config of our LoRA settings, its linear layers built as ``FusedLoraLinear``."""
+def peft_lora_config(lora: LoraConfig, *, fused: bool = True) -> PeftLoraConfig:
+    """The PEFT config of our LoRA settings, its linear layers built as ``FusedLoraLinear`` unless ``fused`` is off."""
     config = PeftLoraConfig(
         r=lora.r,
         lora_alpha=lora.alpha,
@@ -104,7 +104,8 @@ def peft_lora_config(lora: LoraConfig) -> PeftLoraConfig:
         bias="none",
         task_type="CAUSAL_LM",
     )
-    config._register_custom_module({torch.nn.Linear: FusedLoraLinear})  # PEFT's (experimental) hook for custom layers
+    if fused:
+        config._register_custom_module({torch.nn.Linear: FusedLoraLinear})  # PEFT's (experimental) hook for custom layers
     return config
 
 
