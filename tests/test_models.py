@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import pytest
+import torch
 
 from donors import models
 from donors.models import EMBEDDED_MODELS, ModelError, embedded_model_path, load_model, resolve_model
@@ -22,6 +24,21 @@ def test_a_local_directory_loads_through_the_same_loader():
     model, tokenizer = load_model(directory)
     assert type(model).__name__ == "LlamaForCausalLM" and tokenizer.pad_token_id is not None
     assert not model.training
+
+
+def test_grouped_query_attention_on_the_cpu_changes_no_logit(monkeypatch):
+    """load_model lets torch's CPU attention take grouped key/value heads as they are; the result must not move."""
+    monkeypatch.delenv("TRANSFORMERS_SDPA_FORCE_GQA", raising=False)
+    model, tokenizer = load_model("smollm2-135m")
+    assert os.environ["TRANSFORMERS_SDPA_FORCE_GQA"] == "1"
+    assert model.config.num_key_value_heads < model.config.num_attention_heads  # the case this is about
+    batch = tokenizer(["The capital of France is", "one two three four five six seven"], return_tensors="pt", padding=True)
+    logits = {}
+    for force in ("0", "1"):
+        monkeypatch.setenv("TRANSFORMERS_SDPA_FORCE_GQA", force)
+        with torch.no_grad():
+            logits[force] = model(**batch).logits
+    assert torch.equal(logits["0"], logits["1"])
 
 
 def test_hub_ids_pass_through_and_nonsense_is_refused():

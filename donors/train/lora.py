@@ -69,11 +69,13 @@ def training_text(item: Item, tokenizer, train: TrainConfig, model_name: str) ->
 
 
 class FusedLoraLinear(PeftLoraLinear):
-    """PEFT's LoRA linear, with ``W x + s * B(A x)`` as one ``addmm`` instead of a matmul, a scale and an add.
+    """PEFT's LoRA linear, with ``W x + s * B(A x)`` as one in-place ``addmm_`` instead of a matmul, a scale and an add.
 
     The parameters, their names and the saved adapter are PEFT's own; only the forward pass is
-    shorter: the scaling and the sum ride inside the second matmul (in the backward too), so no
-    pass over the layer's output is spent on them. Anything this does not cover (dropout, several
+    shorter: the scaling and the sum ride inside the second matmul (in the backward too), and
+    the base output is accumulated into where it lies, so no pass over the layer's output is
+    spent on them (an out-of-place ``addmm`` would copy it first). In place is safe for
+    autograd: the base matmul's backward needs its input and weight, never its output. Anything this does not cover (dropout, several
     or merged or disabled adapters, LoRA variants, a quantised base, an adapter kept in another
     dtype than the base) goes through PEFT's forward unchanged.
     """
@@ -90,7 +92,7 @@ class FusedLoraLinear(PeftLoraLinear):
             return super().forward(x, *args, **kwargs)
         flat = x.reshape(-1, x.shape[-1])
         out = F.linear(flat, base.weight, base.bias)
-        out = torch.addmm(out, F.linear(flat, self.lora_A[name].weight), self.lora_B[name].weight.t(), alpha=self.scaling[name])
+        out.addmm_(F.linear(flat, self.lora_A[name].weight), self.lora_B[name].weight.t(), alpha=self.scaling[name])
         return out.view(*x.shape[:-1], out.shape[-1])
 
 
