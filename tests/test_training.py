@@ -12,8 +12,9 @@ from safetensors.torch import load_file
 
 from donors.config import LoraConfig, TrainConfig
 from donors.evaluate.native import score_choices, summarize
-from donors.models import load_model
+from donors.models import causal_lm_parts, head_logits, load_model
 from donors.tasks import get_task
+from donors.train.loss import linear_cross_entropy
 from donors.train.lora import FusedLoraLinear, TrainingError, peft_lora_config, split_train_validation, train_lora
 
 MODEL = "smollm2-135m"
@@ -90,6 +91,30 @@ def test_fused_lora_layers_compute_what_peft_computes():
         module.__class__ = FusedLoraLinear
     with peft_model.disable_adapter():  # PEFT's own path: the base model alone
         assert not torch.allclose(peft_model(**batch).logits, ours, atol=1e-3)
+
+
+@pytest.mark.parametrize("softcap", [None, 30.0])
+def test_the_one_pass_head_loss_is_the_cross_entropy_of_the_heads_logits(softcap):
+    """Same loss and hidden-state gradient as logits-then-cross_entropy, on the model's own head and hidden states."""
+    model, tokenizer = load_model(MODEL)
+    body, head, _ = causal_lm_parts(model)
+    batch = tokenizer(["The capital of France is Paris, and of Italy", "one two three four five six seven"], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        states = body(**batch).last_hidden_state.flatten(0, 1)[:10]
+    labels = torch.tensor([5, 17, 100, 2000, 49151, 0, 30000, 12, 7, 999])
+
+    def loss_and_gradient(loss_fn):
+        hidden = states.clone().requires_grad_()
+        loss = loss_fn(hidden)
+        (2.5 * loss).backward()  # an upstream factor, as the 1 / answer-token count in training
+        return loss.detach(), hidden.grad
+
+    plain = loss_and_gradient(lambda h: torch.nn.functional.cross_entropy(head_logits(h, head, softcap).float(), labels, reduction="sum"))
+    one_pass = loss_and_gradient(lambda h: linear_cross_entropy(h, head, labels, softcap, chunk_rows=1000))  # a last, shorter chunk
+    assert torch.allclose(one_pass[0], plain[0], rtol=1e-6)
+    assert torch.allclose(one_pass[1], plain[1], rtol=1e-4, atol=1e-6)
+    with torch.inference_mode():  # validation: the forward alone
+        assert torch.allclose(linear_cross_entropy(states, head, labels, softcap), plain[0], rtol=1e-6)
 
 
 def test_split_is_ninety_ten_like_the_published_recipe():

@@ -29,8 +29,9 @@ from transformers import get_linear_schedule_with_warmup
 
 from donors.config import LoraConfig, TrainConfig
 from donors.tasks.item import Item
-from donors.models import causal_lm_parts, head_logits
+from donors.models import causal_lm_parts
 from donors.tasks.prompts import EncodedExample, answer_continuation, encode_example, render_prompt
+from donors.train.loss import linear_cross_entropy
 
 logger = logging.getLogger(__name__)
 
@@ -130,12 +131,11 @@ def _collate(batch: Sequence[EncodedExample], pad_id: int, device: torch.device)
 
 
 def _loss_sum(model, batch, pad_id: int) -> tuple[torch.Tensor, int]:
-    """Summed cross-entropy over the batch's answer tokens, the head applied only there."""
+    """Summed cross-entropy over the batch's answer tokens, the head applied only there (and read once)."""
     body, head, softcap = causal_lm_parts(model)
     ids, mask, (rows, positions), labels = _collate(batch, pad_id, next(model.parameters()).device)
     hidden = body(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state  # no KV cache to fill and keep
-    logits = head_logits(hidden[rows, positions], head, softcap)
-    return F.cross_entropy(logits.float(), labels, reduction="sum"), len(labels)
+    return linear_cross_entropy(hidden[rows, positions], head, labels, softcap), len(labels)
 
 
 def _is_out_of_memory(error: BaseException) -> bool:
