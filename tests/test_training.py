@@ -15,6 +15,7 @@ from donors.evaluate.native import score_choices, summarize
 from donors.models import causal_lm_parts, head_logits, load_model
 from donors.tasks import get_task
 from donors.train.loss import linear_cross_entropy
+from donors.train.rms_norm import frozen_rms_norms
 from donors.train.lora import FusedLoraLinear, TrainingError, peft_lora_config, split_train_validation, train_lora
 
 MODEL = "smollm2-135m"
@@ -132,3 +133,25 @@ def test_a_non_finite_loss_stops_the_run_with_a_clear_message(tmp_path):
         train_lora(model, tokenizer, items, lora=LoraConfig(r=4, alpha=8), seed=1, output_dir=tmp_path / "x",
                    train=TrainConfig(epochs=1, batch_size=2))
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("model_name, norms", [(MODEL, 2 * 30 + 1), ("gemma3-270m", 6 * 18 + 1)])
+def test_one_node_rms_norms_compute_what_the_models_own_norms_compute(model_name, norms):
+    """Llama's scale-by-weight and Gemma 3's scale-by-(1 + weight): same logits and input gradients, then the model as it was."""
+    model, tokenizer = load_model(model_name)
+    batch = tokenizer(["The capital of France is", "one two three four five six seven"], return_tensors="pt", padding=True)
+    embeddings = model.get_input_embeddings()(batch["input_ids"]).detach()
+
+    def logits_and_gradient():
+        inputs = embeddings.clone().requires_grad_()
+        logits = model(inputs_embeds=inputs, attention_mask=batch["attention_mask"]).logits
+        logits.square().mean().backward()
+        return logits.detach(), inputs.grad
+
+    theirs = logits_and_gradient()
+    with frozen_rms_norms(model) as patched:
+        ours = logits_and_gradient()
+    assert patched == norms
+    assert torch.allclose(ours[0], theirs[0], atol=1e-4, rtol=1e-5)
+    assert torch.allclose(ours[1], theirs[1], atol=1e-6 * theirs[1].abs().max().item(), rtol=1e-4)
+    assert not any("forward" in vars(module) for module in model.modules())  # handed back as it came

@@ -32,6 +32,7 @@ from donors.tasks.item import Item
 from donors.models import causal_lm_parts
 from donors.tasks.prompts import EncodedExample, answer_continuation, encode_example, render_prompt
 from donors.train.loss import linear_cross_entropy
+from donors.train.rms_norm import frozen_rms_norms
 
 logger = logging.getLogger(__name__)
 
@@ -200,6 +201,57 @@ def validation_loss(model, examples: Sequence[EncodedExample], pad_id: int, batc
     return total / max(count, 1)
 
 
+def _fit(peft_model, train_examples, validation_examples, pad_id: int, train: TrainConfig, seed: int,
+         on_step: Callable[[int, int], None] | None) -> tuple[list[float], int | None, int, int]:
+    """The optimisation itself; leaves the best epoch's adapter in ``peft_model``.
+
+    Returns the validation losses, the best epoch, the optimiser steps taken and the micro-batch
+    that fitted.
+    """
+    trainable = [p for p in peft_model.parameters() if p.requires_grad]
+    # The fused kernel is the same AdamW update in one pass over the parameters, not one per tensor.
+    fused = trainable[0].device.type in ("cpu", "cuda")
+    optimizer = torch.optim.AdamW(trainable, lr=train.learning_rate, weight_decay=train.weight_decay, fused=fused)
+
+    micro = train.micro_batch_size or train.batch_size
+    steps_per_epoch = math.ceil(len(train_examples) / train.batch_size)
+    total_steps = steps_per_epoch * train.epochs
+    scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(train.warmup_ratio * total_steps), total_steps)
+
+    order_rng = random.Random(seed)
+    losses: list[float] = []
+    best_state, best_epoch, step = None, None, 0
+    peft_model.train()
+    for epoch in range(train.epochs):
+        order = list(range(len(train_examples)))
+        order_rng.shuffle(order)
+        for first in range(0, len(order), train.batch_size):
+            batch = [train_examples[i] for i in order[first : first + train.batch_size]]
+            n_tokens = sum(len(e.input_ids) - e.loss_start for e in batch)
+            micro = _step_gradients(peft_model, optimizer, batch, pad_id, micro, n_tokens, f"step {step + 1} of epoch {epoch + 1}")
+            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            if on_step:
+                on_step(step, total_steps)
+        if validation_examples:
+            losses.append(validation_loss(peft_model, validation_examples, pad_id, micro))
+            if not math.isfinite(losses[-1]):
+                raise TrainingError(f"non-finite validation loss after epoch {epoch + 1}")
+            if train.keep_best and (best_epoch is None or losses[-1] < losses[best_epoch - 1]):
+                best_epoch = epoch + 1
+                best_state = {k: v.detach().clone() for k, v in peft_model.named_parameters() if v.requires_grad}
+
+    if best_state is not None:
+        with torch.no_grad():
+            for name, parameter in peft_model.named_parameters():
+                if name in best_state:
+                    parameter.copy_(best_state[name])
+    peft_model.eval()
+    return losses, best_epoch, step, micro
+
+
 def train_lora(
     model,
     tokenizer,
@@ -235,47 +287,9 @@ def train_lora(
         warnings.filterwarnings("ignore", category=FutureWarning)  # a transformers deprecation inside peft
         peft_model = get_peft_model(model, peft_lora_config(lora))
     try:
-        trainable = [p for p in peft_model.parameters() if p.requires_grad]
-        # The fused kernel is the same AdamW update in one pass over the parameters, not one per tensor.
-        fused = trainable[0].device.type in ("cpu", "cuda")
-        optimizer = torch.optim.AdamW(trainable, lr=train.learning_rate, weight_decay=train.weight_decay, fused=fused)
-
-        micro = train.micro_batch_size or train.batch_size
-        steps_per_epoch = math.ceil(len(train_examples) / train.batch_size)
-        total_steps = steps_per_epoch * train.epochs
-        scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(train.warmup_ratio * total_steps), total_steps)
-
-        order_rng = random.Random(seed)
-        losses: list[float] = []
-        best_state, best_epoch, step = None, None, 0
-        peft_model.train()
-        for epoch in range(train.epochs):
-            order = list(range(len(train_examples)))
-            order_rng.shuffle(order)
-            for first in range(0, len(order), train.batch_size):
-                batch = [train_examples[i] for i in order[first : first + train.batch_size]]
-                n_tokens = sum(len(e.input_ids) - e.loss_start for e in batch)
-                micro = _step_gradients(peft_model, optimizer, batch, pad_id, micro, n_tokens, f"step {step + 1} of epoch {epoch + 1}")
-                torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-                optimizer.step()
-                scheduler.step()
-                step += 1
-                if on_step:
-                    on_step(step, total_steps)
-            if validation_examples:
-                losses.append(validation_loss(peft_model, validation_examples, pad_id, micro))
-                if not math.isfinite(losses[-1]):
-                    raise TrainingError(f"non-finite validation loss after epoch {epoch + 1}")
-                if train.keep_best and (best_epoch is None or losses[-1] < losses[best_epoch - 1]):
-                    best_epoch = epoch + 1
-                    best_state = {k: v.detach().clone() for k, v in peft_model.named_parameters() if v.requires_grad}
-
-        if best_state is not None:
-            with torch.no_grad():
-                for name, parameter in peft_model.named_parameters():
-                    if name in best_state:
-                        parameter.copy_(best_state[name])
-        peft_model.eval()
+        # The frozen norms as one autograd node each: fewer passes over the activations, same values.
+        with frozen_rms_norms(peft_model):
+            losses, best_epoch, step, micro = _fit(peft_model, train_examples, validation_examples, pad_id, train, seed, on_step)
         result = TrainResult(
             train_ids=tuple(i.id for i in train_items),
             validation_ids=tuple(i.id for i in validation_items),
