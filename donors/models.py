@@ -195,7 +195,11 @@ def load_tokenizer(name: str, *, trust_remote_code: bool = False) -> PreTrainedT
 def load_model(
     name: str, *, dtype: str = "auto", trust_remote_code: bool = False
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load a model for scoring or LoRA training, in eval mode, on the best device."""
+    """Load a model for scoring or LoRA training, in eval mode, on the best device.
+
+    On the CPU this also sets ``TRANSFORMERS_SDPA_FORCE_GQA=1`` for the process (unless already
+    set): grouped-query attention without copying key/value heads, the same logits.
+    """
     path = resolve_model(name)
     model = AutoModelForCausalLM.from_pretrained(
         path, dtype=pick_dtype(dtype), trust_remote_code=trust_remote_code, use_safetensors=True

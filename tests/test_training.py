@@ -118,6 +118,21 @@ def test_the_one_pass_head_loss_is_the_cross_entropy_of_the_heads_logits(softcap
         assert torch.allclose(linear_cross_entropy(states, head, labels, softcap), plain[0], rtol=1e-6)
 
 
+def test_the_one_pass_head_loss_in_bf16_never_goes_below_zero_and_refuses_bad_labels():
+    """In bf16 a confident token's loss is a difference of two roundings of its logit: they must be the same rounding."""
+    generator = torch.Generator().manual_seed(0)
+    head = torch.nn.Linear(64, 4096, bias=False, dtype=torch.bfloat16).requires_grad_(False)
+    with torch.no_grad():
+        head.weight.copy_(torch.randn(4096, 64, generator=generator))
+    labels = torch.arange(5, 4096, 97)
+    rows = head.weight[labels].float()
+    hidden = (40 * rows / rows.norm(dim=1, keepdim=True)).bfloat16()  # the label's logit ~320, the others far below
+    per_token = torch.stack([linear_cross_entropy(hidden[i : i + 1], head, labels[i : i + 1], chunk_rows=1000) for i in range(len(labels))])
+    assert (per_token >= 0).all() and per_token.max() < 1e-3
+    with pytest.raises(ValueError, match="token ids"):
+        linear_cross_entropy(hidden[:2], head, torch.tensor([3, -100]))
+
+
 def test_split_is_ninety_ten_like_the_published_recipe():
     items = get_task("number_words").load("en", "train")[:300]
     train, validation = split_train_validation(items, 0.1, 42)

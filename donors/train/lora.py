@@ -71,7 +71,7 @@ def training_text(item: Item, tokenizer, train: TrainConfig, model_name: str) ->
 
 
 class FusedLoraLinear(PeftLoraLinear):
-    """PEFT's LoRA linear, with ``W x + s * B(A x)`` as one in-place ``addmm_`` instead of a matmul, a scale and an add.
+    """PEFT's LoRA linear, ``W x + s * B(A x)`` as one in-place ``addmm_``, not a matmul, a scale and an add.
 
     The parameters, their names and the saved adapter are PEFT's own; only the forward pass is
     shorter: the scaling and the sum ride inside the second matmul (in the backward too), and

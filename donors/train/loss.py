@@ -26,16 +26,33 @@ def _capped(logits: torch.Tensor, softcap: float | None) -> tuple[torch.Tensor, 
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
+    """Forward: the loss, and (when needed) the hidden states' gradient, which backward only scales."""
+
     @staticmethod
     def forward(ctx, hidden, weight, labels, softcap, chunk_rows):
         n, vocab = hidden.shape[0], weight.shape[0]
         need_grad = ctx.needs_input_grad[0]
+        label_list = labels.tolist()
+        if any(not 0 <= label < vocab for label in label_list):
+            raise ValueError(f"labels must be token ids in [0, {vocab}); got {min(label_list)}..{max(label_list)}")
+        # Each label's logit is read from the same chunked logits as the log-sum-exp, so in bf16 the
+        # two carry the same rounding and a confident token's loss stays at zero, never below.
+        targets_by_chunk: dict[int, list[tuple[int, int]]] = {}
+        for row, label in enumerate(label_list):
+            targets_by_chunk.setdefault(label // chunk_rows, []).append((row, label % chunk_rows))
+        target = hidden.new_zeros((n,), dtype=torch.float32)
+        target_slope = hidden.new_ones((n,), dtype=torch.float32)
         running_max = hidden.new_full((n,), -torch.inf, dtype=torch.float32)
         running_sum = hidden.new_zeros((n,), dtype=torch.float32)
         running_grad = hidden.new_zeros((n, hidden.shape[1]), dtype=torch.float32) if need_grad else None
-        for start in range(0, vocab, chunk_rows):
+        for index, start in enumerate(range(0, vocab, chunk_rows)):
             chunk = weight[start : start + chunk_rows]
             logits, slope = _capped((hidden @ chunk.T).float(), softcap)
+            if index in targets_by_chunk:
+                rows, columns = (torch.tensor(v, device=hidden.device) for v in zip(*targets_by_chunk[index]))
+                target[rows] = logits[rows, columns]
+                if slope is not None:
+                    target_slope[rows] = slope[rows, columns]
             new_max = torch.maximum(running_max, logits.amax(dim=1))
             rescale = torch.exp(running_max - new_max)
             exp = torch.exp(logits - new_max[:, None])
@@ -45,12 +62,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
                     exp = exp * slope
                 running_grad = torch.addmm(running_grad * rescale[:, None], exp, chunk.float())
             running_max = new_max
-        target_rows = weight[labels]
-        target, target_slope = _capped((hidden * target_rows).sum(dim=1, dtype=torch.float32), softcap)
         loss = (running_max + torch.log(running_sum) - target).sum()
         if need_grad:
-            target_grad = target_rows.float() if target_slope is None else target_rows.float() * target_slope[:, None]
-            ctx.save_for_backward(running_grad / running_sum[:, None] - target_grad)
+            ctx.save_for_backward(running_grad / running_sum[:, None] - weight[labels].float() * target_slope[:, None])
             ctx.hidden_dtype = hidden.dtype
         return loss
 

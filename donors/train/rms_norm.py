@@ -28,6 +28,8 @@ RMS_NORMS: dict[str, tuple[str, bool]] = {
 
 
 class _FrozenScaleRMSNorm(torch.autograd.Function):
+    """``x * rsqrt(mean(x^2) + eps) * scale`` with ``scale`` a constant: only the input gets a gradient."""
+
     @staticmethod
     def forward(ctx, x, scale, eps):
         inverse_rms = torch.rsqrt(torch.linalg.vector_norm(x, dim=-1, keepdim=True).square_().div_(x.shape[-1]).add_(eps))
@@ -43,6 +45,7 @@ class _FrozenScaleRMSNorm(torch.autograd.Function):
 
 
 def _forward(module: torch.nn.Module, eps: float, one_plus: bool, x: torch.Tensor) -> torch.Tensor:
+    """The one-node norm where it is the layer's own function (float32, frozen scale); else the layer's forward."""
     if x.dtype != torch.float32 or module.weight.dtype != torch.float32 or module.weight.requires_grad:
         return type(module).forward(module, x)
     scale = module.weight + 1.0 if one_plus else module.weight
@@ -53,13 +56,18 @@ def _forward(module: torch.nn.Module, eps: float, one_plus: bool, x: torch.Tenso
 def frozen_rms_norms(model: torch.nn.Module) -> Iterator[int]:
     """Run ``model``'s known RMSNorm layers as one autograd node each, for as long as this is active; yields how many."""
     patched = []
-    for module in model.modules():
-        spec = RMS_NORMS.get(type(module).__name__)
-        if spec is not None and "forward" not in vars(module):
-            module.forward = partial(_forward, module, getattr(module, spec[0]), spec[1])
-            patched.append(module)
     try:
+        for module in model.modules():
+            spec = RMS_NORMS.get(type(module).__name__)
+            # transformers' own classes only: a remote-code class of the same name may compute something else.
+            if spec is None or not type(module).__module__.startswith("transformers.models.") or "forward" in vars(module):
+                continue
+            eps = getattr(module, spec[0], None)
+            if eps is None:
+                continue
+            module.forward = partial(_forward, module, eps, spec[1])
+            patched.append(module)
         yield len(patched)
     finally:
         for module in patched:
-            del module.forward
+            vars(module).pop("forward", None)
