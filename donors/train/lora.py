@@ -77,9 +77,10 @@ class FusedLoraLinear(PeftLoraLinear):
     shorter: the scaling and the sum ride inside the second matmul (in the backward too), and
     the base output is accumulated into where it lies, so no pass over the layer's output is
     spent on them (an out-of-place ``addmm`` would copy it first). In place is safe for
-    autograd: the base matmul's backward needs its input and weight, never its output. Anything this does not cover (dropout, several
-    or merged or disabled adapters, LoRA variants, a quantised base, an adapter kept in another
-    dtype than the base) goes through PEFT's forward unchanged.
+    autograd: the base matmul's backward needs its input and weight, never its output.
+    Anything this does not cover (dropout, several or merged or disabled adapters, LoRA
+    variants, a quantised base, an adapter kept in another dtype than the base) goes through
+    PEFT's forward unchanged.
     """
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
