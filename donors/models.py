@@ -227,6 +227,11 @@ def causal_lm_parts(model) -> tuple[torch.nn.Module, torch.nn.Module, float | No
     return body, base.get_output_embeddings(), softcap
 
 
+def soft_cap(logits: torch.Tensor, softcap: float | None) -> torch.Tensor:
+    """Final-logit soft-capping (Gemma's ``tanh(x / c) * c``); the logits as they are without a cap."""
+    return torch.tanh(logits / softcap) * softcap if softcap else logits
+
+
 def head_logits(hidden: torch.Tensor, head: torch.nn.Module, softcap: float | None = None, token_ids: torch.Tensor | None = None) -> torch.Tensor:
     """Logits at the given hidden states, for all tokens or only ``token_ids``."""
     if token_ids is None:
@@ -236,6 +241,4 @@ def head_logits(hidden: torch.Tensor, head: torch.nn.Module, softcap: float | No
         logits = hidden @ weight.T
         if getattr(head, "bias", None) is not None:
             logits = logits + head.bias[token_ids]
-    if softcap:
-        logits = torch.tanh(logits / softcap) * softcap
-    return logits
+    return soft_cap(logits, softcap)

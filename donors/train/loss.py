@@ -14,14 +14,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from donors.models import head_logits
+from donors.models import head_logits, soft_cap
 
 
 def _capped(logits: torch.Tensor, softcap: float | None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Soft-capped logits and their slope d(capped)/d(logits), or the logits as they are."""
     if not softcap:
         return logits, None
-    capped = torch.tanh(logits / softcap) * softcap
+    capped = soft_cap(logits, softcap)
     return capped, 1 - (capped / softcap).square()
 
 
