@@ -186,7 +186,7 @@ def with_vllm(spec: dict) -> dict:
 
 def flop_bound(spec: dict, info: dict) -> dict:
     """FLOPs the answers strictly need, and the best dense matmul throughput this process gets."""
-    from donors.evaluate.native import build_requests
+    from donors.tasks.prompts import build_requests
     from donors.models import load_tokenizer
 
     tokenizer = load_tokenizer(spec["model"])

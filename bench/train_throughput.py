@@ -95,8 +95,8 @@ def run_variant(variant: str, model_name: str, steps: int, batch_size: int, max_
 
     from donors.config import LoraConfig, TrainConfig
     from donors.models import load_model
-    from donors.tasks.prompts import encode_example
-    from donors.train.lora import peft_lora_config, split_train_validation, train_lora, training_text, validation_loss
+    from donors.tasks.prompts import encode_example, training_text
+    from donors.train.lora import peft_lora_config, split_train_validation, train_lora, validation_loss
 
     warnings.filterwarnings("ignore")
     gflops_before = square_matmul_gflops()
@@ -108,7 +108,8 @@ def run_variant(variant: str, model_name: str, steps: int, batch_size: int, max_
     train_items, validation_items, warmup_items = split_items(steps * batch_size, n_validation, batch_size)
 
     def encode(items):
-        return [encode_example(*training_text(i, tokenizer, train, model_name), tokenizer, max_length) for i in items]
+        texts = (training_text(i, tokenizer, prompt_format="lettered", chat_template=False, model_name=model_name) for i in items)
+        return [encode_example(prompt, target, tokenizer, max_length) for prompt, target in texts]
 
     validation_examples = encode(validation_items)
     pad_id = tokenizer.pad_token_id

@@ -6,6 +6,8 @@ with the file, the field, the value and what is allowed.
 
 from __future__ import annotations
 
+from donors.errors import DonorsError
+
 import hashlib
 import json
 from pathlib import Path
@@ -19,7 +21,7 @@ PAPER_SEEDS = (17, 42, 101)
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
-class ConfigError(ValueError):
+class ConfigError(DonorsError, ValueError):
     """A study config that cannot run; the message says where and how to fix it."""
 
 
@@ -64,6 +66,14 @@ class TrainConfig(_Section):
     max_items: int | None = Field(None, gt=0, description="cap on training items per source (before the validation split)")
     chat_template: bool = False
     weight_decay: float = Field(0.0, ge=0.0)
+    prompt_format: Literal["lettered", "continuation"] | None = Field(
+        None,
+        description="what the loss falls on: lettered, the answer letter after A) .. D); continuation, the gold option's "
+        "text after 'Answer:'. Default: eval.prompt_format, so a model is trained on what it is scored on",
+    )
+    allow_format_mismatch: bool = Field(
+        False, description="allow a train.prompt_format other than eval.prompt_format (refused otherwise: the scores would measure a format change)"
+    )
 
     @model_validator(mode="after")
     def _micro_divides(self) -> "TrainConfig":
@@ -73,7 +83,9 @@ class TrainConfig(_Section):
 
 
 class EvalConfig(_Section):
-    max_items: int | None = Field(None, gt=0, description="items per target (the first N by id order); all if unset")
+    max_items: int | None = Field(
+        None, gt=0, description="items per target, the same ids in every language, balanced over gold option positions; all if unset"
+    )
     prompt_format: Literal["lettered", "continuation"] = Field(
         "lettered", description="lettered: the answer letter after A) .. D); continuation: each option text scored after the question"
     )
@@ -87,6 +99,22 @@ class EvalConfig(_Section):
         description="native: our scorer; harness: lm-evaluation-harness on the same items, adapters swapped in-process; "
         "vllm: vLLM's multi-LoRA engine (optional: needs vLLM with LoRA support installed)",
     )
+    permutations: Literal["none", "cyclic"] = Field(
+        "none",
+        description="cyclic: score each item again under every cyclic rotation of its options (k passes for k options) and "
+        "store every rotation's prediction, for the acc_perm and acc_perm_strict metrics; lettered format only",
+    )
+
+    @model_validator(mode="after")
+    def _permutations_need_letters(self) -> "EvalConfig":
+        if self.permutations != "none" and self.prompt_format != "lettered":
+            raise ValueError(
+                "permutations apply to the lettered format: the continuation format shows no option order to permute; "
+                "set eval.permutations: none"
+            )
+        if self.permutations != "none" and self.backend == "vllm":
+            raise ValueError("permutations are scored by the native and harness backends; set eval.backend: native")
+        return self
 
 
 class RayConfig(_Section):
@@ -116,6 +144,21 @@ class StudyConfig(_Section):
     ray: RayConfig = RayConfig()
     dtype: Literal["auto", "float32", "bfloat16"] = Field("auto", description="auto: bf16 on a GPU that supports it, else float32")
     trust_remote_code: bool = False
+
+    @model_validator(mode="after")
+    def _one_format(self) -> "StudyConfig":
+        trained = self.train.prompt_format or self.eval.prompt_format
+        if trained != self.eval.prompt_format and not self.train.allow_format_mismatch:
+            raise ValueError(
+                f"train.prompt_format is {trained!r} but eval.prompt_format is {self.eval.prompt_format!r}: the scores would "
+                "measure the change of format, not transfer. Use one format for both, or set train.allow_format_mismatch: true"
+            )
+        return self
+
+    @property
+    def train_format(self) -> str:
+        """The format training renders: ``train.prompt_format``, else the evaluation's."""
+        return self.train.prompt_format or self.eval.prompt_format
 
     @field_validator("tasks", mode="before")
     @classmethod
@@ -163,6 +206,13 @@ class StudyConfig(_Section):
     def recipe(self) -> dict[str, Any]:
         """Every setting that changes a trained adapter or a score (not the grid)."""
         recipe: dict[str, Any] = {k: getattr(self, k).model_dump(mode="json") for k in ("lora", "train", "eval")}
+        # Options added later dump only when set, so stores made before them still resume.
+        for section, key, default in (("train", "prompt_format", None), ("train", "allow_format_mismatch", False), ("eval", "permutations", "none")):
+            if recipe[section][key] == default:
+                del recipe[section][key]
+        if self.train.max_items or self.eval.max_items:
+            # Which items a cut keeps changed to gold-balanced subsets: a store cut the old way must not resume.
+            recipe["subset"] = "balanced-by-gold-position"
         if self.eval.backend == "native":
             # The default backend leaves the recipe as it was before backends existed, so stores made then still resume.
             del recipe["eval"]["backend"]

@@ -1,9 +1,11 @@
-"""The study's grid: sources, targets, regimes, and the jobs a config implies."""
+"""The study's grid: cells (task, language) and the regime of a (source, target) pair."""
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+
+import numpy as np
 
 
 @dataclass(frozen=True, order=True)
@@ -17,9 +19,6 @@ class Cell:
         return f"{self.task}/{self.language}"
 
 
-Source = Cell
-Target = Cell
-
 
 class Regime(str, enum.Enum):
     """How a target relates to the source a model state was trained on."""
@@ -31,15 +30,18 @@ class Regime(str, enum.Enum):
 
     @classmethod
     def of(cls, source: Cell, target: Cell) -> "Regime":
-        same_task = source.task == target.task
-        same_language = source.language == target.language
-        if same_task:
-            return cls.MT_ML if same_language else cls.MT_CL
-        return cls.CT_ML if same_language else cls.CT_CL
+        return _BY_SAMENESS[2 * (source.task == target.task) + (source.language == target.language)]
 
     def __str__(self) -> str:
         return self.value
 
 
-TRANSFER_REGIMES = (Regime.MT_CL, Regime.CT_ML, Regime.CT_CL)
-"""Regimes that measure transfer; MT-ML is the trained cell and is kept out of transfer aggregates."""
+_BY_SAMENESS = (Regime.CT_CL, Regime.CT_ML, Regime.MT_CL, Regime.MT_ML)
+"""The one rule, indexed by 2 x same task + same language (the published validator's label)."""
+
+
+def regime_labels(source_task, source_language, target_task, target_language) -> np.ndarray:
+    """:meth:`Regime.of` over whole columns at once: the regimes' labels as an array of strings."""
+    same_task = (np.asarray(source_task, dtype=object) == np.asarray(target_task, dtype=object)).astype(int)
+    same_language = (np.asarray(source_language, dtype=object) == np.asarray(target_language, dtype=object)).astype(int)
+    return np.array([r.value for r in _BY_SAMENESS], dtype=object)[2 * same_task + same_language]

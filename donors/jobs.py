@@ -11,7 +11,7 @@ from pathlib import Path
 
 from donors.config import StudyConfig
 from donors.grid import Cell
-from donors.records import ModelState
+from donors.records import ModelState, eval_job_id
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ class EvalJob:
 
     @property
     def job_id(self) -> str:
-        return f"eval:{self.state.state_id}:{self.target}"
+        return eval_job_id(self.state, self.target)
 
 
 def cells(config: StudyConfig) -> list[Cell]:

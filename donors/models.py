@@ -14,6 +14,8 @@ the study config turns it on.
 
 from __future__ import annotations
 
+from donors.errors import DonorsError
+
 import hashlib
 import importlib.metadata
 import os
@@ -36,7 +38,7 @@ hf_logging.set_verbosity_error()
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 
-class ModelError(RuntimeError):
+class ModelError(DonorsError, RuntimeError):
     pass
 
 

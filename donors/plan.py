@@ -22,7 +22,7 @@ from donors.config import StudyConfig, TaskSpec
 from donors.jobs import cells
 from donors.tasks.data import DataError, subsample
 from donors.tasks.item import Item
-from donors.tasks.prompts import lettered_prompt
+from donors.tasks.prompts import choice_strings, prompt_text
 
 DEFAULT_TFLOPS = 989.0  # H100 SXM, dense bf16 tensor-core peak
 DEFAULT_MFU = 0.4
@@ -192,15 +192,20 @@ def _is_local_source(task) -> bool:
 
 def _train_tokens(item: Item, config: StudyConfig, ratio: float, max_length: int) -> float:
     """A text target (TruthfulQA) is trained bare; a lettered prompt may be chat-wrapped."""
-    if item.target_text is not None:
+    fmt = config.train_format
+    if fmt == "lettered" and item.target_text is not None:
         tokens = len(item.target_text) / ratio
     else:
-        tokens = (len(lettered_prompt(item)) + 2) / ratio + (CHAT_TEMPLATE_TOKENS if config.train.chat_template else 0)
+        answer = choice_strings(item, fmt)[item.answer_index]
+        tokens = (len(prompt_text(item, fmt)) + 1 + len(answer)) / ratio + (CHAT_TEMPLATE_TOKENS if config.train.chat_template else 0)
     return min(tokens, max_length)
 
 
 def _test_tokens(item: Item, config: StudyConfig, ratio: float) -> float:
-    return (len(lettered_prompt(item)) + 2) / ratio + (CHAT_TEMPLATE_TOKENS if config.eval.chat_template else 0)
+    """The prompt once, plus every answer after it (the native scorer encodes a shared prompt once)."""
+    fmt = config.eval.prompt_format
+    answers = sum(len(choice) + 1 for choice in choice_strings(item, fmt))
+    return (len(prompt_text(item, fmt)) + answers) / ratio + (CHAT_TEMPLATE_TOKENS if config.eval.chat_template else 0)
 
 
 def _measured(spec: TaskSpec, task, config: StudyConfig, ratio: float) -> TaskSizes:

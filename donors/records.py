@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from donors.grid import Cell
 
@@ -59,7 +59,14 @@ class AdapterRecord:
 
 @dataclass(frozen=True)
 class ItemPrediction:
-    """One item scored by one model state: the atom of every paired statistic."""
+    """One item scored by one model state: the atom of every paired statistic.
+
+    ``logprobs`` are the choices' log-likelihoods in the item's own option order;
+    ``predicted`` is their argmax (lm-eval's ``acc``), ``predicted_norm`` the argmax after
+    dividing by each answer string's length in characters (lm-eval's ``acc_norm``).
+    ``rotation`` r > 0: the item was shown with its options rotated by r (option j in
+    place j - r), and everything here is mapped back to the original order.
+    """
 
     target_task: str
     target_language: str
@@ -67,12 +74,41 @@ class ItemPrediction:
     gold: int
     predicted: int
     logprobs: tuple[float, ...]
+    predicted_norm: int | None = None
+    rotation: int = 0
 
 
 @dataclass(frozen=True)
 class TargetScore:
+    """One target's published scores, and how predictions and golds spread over option positions.
+
+    ``predicted_counts[j]`` items were answered with option j, ``gold_counts[j]`` have option j
+    as gold: the first shows a model that answers one letter for everything, the second a test
+    subset on which such a model scores above chance.
+    """
+
     target_task: str
     target_language: str
     n: int
     accuracy: float
     accuracy_norm: float
+    predicted_counts: tuple[int, ...] = ()
+    gold_counts: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class TargetResult:
+    """One target scored by one model state: its summary and the item-level predictions.
+
+    ``rotations``: with permutation evaluation, the same items' predictions under each
+    other cyclic rotation of their options (``predictions`` is rotation 0, the published score).
+    """
+
+    score: TargetScore
+    predictions: list[ItemPrediction]
+    rotations: list[ItemPrediction] = field(default_factory=list)
+
+
+def eval_job_id(state: ModelState, target: Cell) -> str:
+    """The one id of scoring ``state`` on ``target``: what the store records a failure under."""
+    return f"eval:{state.state_id}:{target}"

@@ -10,12 +10,10 @@ import math
 
 import pytest
 
-from donors.config import TrainConfig
-from donors.evaluate.native import build_requests, score_choices
+from donors.evaluate.native import score_choices
 from donors.models import load_model, load_tokenizer
 from donors.tasks.item import Item
-from donors.tasks.prompts import ChatTemplateError, lettered_prompt, render_prompt
-from donors.train.lora import training_text
+from donors.tasks.prompts import ChatTemplateError, build_requests, continuation_prompt, encode_example, lettered_prompt, render_prompt, training_text
 
 MODEL = "smollm2-135m"
 ITEMS = [
@@ -80,19 +78,37 @@ def test_scoring_runs_with_and_without_the_template():
 
 def test_training_text_follows_train_chat_template(tokenizer):
     item = ITEMS[1]
-    prompt, target = training_text(item, tokenizer, TrainConfig(chat_template=False), MODEL)
+    prompt, target = training_text(item, tokenizer, prompt_format="lettered", chat_template=False, model_name=MODEL)
     assert (prompt, target) == (lettered_prompt(item), " C")
-    prompt, target = training_text(item, tokenizer, TrainConfig(chat_template=True), MODEL)
+    prompt, target = training_text(item, tokenizer, prompt_format="lettered", chat_template=True, model_name=MODEL)
     assert prompt == render_prompt(item, tokenizer, chat_template=True) and target == "C"
     for setting in (True, False):
-        assert training_text(TRUTHFUL, tokenizer, TrainConfig(chat_template=setting), MODEL) == ("", TRUTHFUL.target_text)
+        assert training_text(TRUTHFUL, tokenizer, prompt_format="lettered", chat_template=setting) == ("", TRUTHFUL.target_text)
+
+
+def test_continuation_training_puts_the_loss_on_exactly_the_option_text(tokenizer):
+    """The trained tokens are the gold option's text after ``Answer:``, the same tokens the scorer reads for that choice."""
+    item = ITEMS[2]  # gold: "Ice"
+    prompt, target = training_text(item, tokenizer, prompt_format="continuation", chat_template=False)
+    assert (prompt, target) == (continuation_prompt(item), " Ice") and prompt == "Question: Question: What is frozen water called?\nAnswer:"
+    example = encode_example(prompt, target, tokenizer, max_length=256)
+    assert tokenizer.decode(example.input_ids[example.loss_start :]) == " Ice"
+    assert tokenizer.decode(example.input_ids[: example.loss_start]) == prompt
+    (request,) = build_requests([item], tokenizer, chat_template=False, prompt_format="continuation")
+    assert request.context_ids == example.input_ids[: example.loss_start]
+    assert request.continuations[item.answer_index] == example.input_ids[example.loss_start :]
+    # Under a chat template the text follows the assistant header with no space, as the scorer reads it.
+    prompt, target = training_text(item, tokenizer, prompt_format="continuation", chat_template=True)
+    assert prompt.endswith("<|im_start|>assistant\n") and target == "Ice"
+    # A text-target item (TruthfulQA) is trained on its gold option like any other in this format.
+    assert training_text(TRUTHFUL, tokenizer, prompt_format="continuation", chat_template=False) == ("Question: Question: Can pigs fly?\nAnswer:", " No")
 
 
 def test_a_model_without_a_chat_template_says_how_to_fix_the_config(no_template):
     with pytest.raises(ChatTemplateError, match="no chat template.*train.chat_template and eval.chat_template to false"):
         render_prompt(ITEMS[0], no_template, chat_template=True, model_name="base-model")
     with pytest.raises(ChatTemplateError, match="'base-model'"):
-        training_text(ITEMS[0], no_template, TrainConfig(chat_template=True), "base-model")
+        training_text(ITEMS[0], no_template, prompt_format="lettered", chat_template=True, model_name="base-model")
     with pytest.raises(ChatTemplateError):
         build_requests(ITEMS, no_template, chat_template=True)
     assert render_prompt(ITEMS[0], no_template, chat_template=False) == lettered_prompt(ITEMS[0])

@@ -6,6 +6,8 @@ names they list, and any other task or language falls back to a documented rule.
 
 from __future__ import annotations
 
+from donors.grid import Regime
+
 # Columns of the published results table (section 8).
 MODEL = "model_name"
 SIZE = "model_size"
@@ -25,7 +27,7 @@ MISSING_SOURCE = "n/a"
 """How a base-model row marks its (absent) fine-tuning source."""
 
 # Regimes (section 0).
-MT_ML, MT_CL, CT_ML, CT_CL = "MT-ML", "MT-CL", "CT-ML", "CT-CL"
+MT_ML, MT_CL, CT_ML, CT_CL = (r.value for r in (Regime.MT_ML, Regime.MT_CL, Regime.CT_ML, Regime.CT_CL))
 REGIMES = (MT_ML, MT_CL, CT_ML, CT_CL)
 TRANSFER_REGIMES = (MT_CL, CT_ML, CT_CL)
 

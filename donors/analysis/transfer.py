@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from donors.grid import Cell, Regime
+from donors.grid import regime_labels
 
 KEYS = ["model_name", "model_size", "fine_tuned_dataset", "fine_tuned_language", "eval_dataset", "eval_language"]
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([bBmMkK])")
@@ -61,14 +61,11 @@ def results_table(scores: pd.DataFrame) -> pd.DataFrame:
     for q in quantities:
         table[f"{q}_se"] = table[f"{q}_std"] / np.sqrt(table["n_seeds"])
     table = table.reset_index()
-    table.insert(
-        KEYS.index("eval_language") + 1,
-        "regime",
-        [
-            Regime.of(Cell(r.fine_tuned_dataset, r.fine_tuned_language), Cell(r.eval_dataset, r.eval_language)).value
-            for r in table.itertuples()
-        ],
-    )
+    if "metric" in scores:
+        # Under a metric other than the published one, the *_norm columns hold that metric; say which.
+        table["metric"] = scores["metric"].iat[0]
+    regimes = regime_labels(table["fine_tuned_dataset"], table["fine_tuned_language"], table["eval_dataset"], table["eval_language"])
+    table.insert(KEYS.index("eval_language") + 1, "regime", regimes)
     return table
 
 

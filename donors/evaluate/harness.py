@@ -21,14 +21,14 @@ import re
 import shutil
 import tempfile
 import weakref
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import yaml
 
-from donors.evaluate import Key, PromptFormat, TargetResult, prediction
-from donors.evaluate.native import choice_strings, prompt_text
-from donors.records import TargetScore
+from donors.evaluate import Key, TargetResult, prediction, summarize
+from donors.tasks.prompts import PromptFormat, choice_strings, prompt_text
 from donors.tasks.item import Item
 
 LM_EVAL_VERSION = "0.4.13"
@@ -97,12 +97,11 @@ def _quiet_hflm():
     return QuietHFLM
 
 
-def _target_result(items: Sequence[Item], samples: list[dict], metrics: dict[str, Any]) -> TargetResult:
-    """lm-eval's logged samples as our records, in the order of ``items``."""
+def _target_result(items: Sequence[Item], samples: list[dict], metrics: dict[str, Any], prompt_format: PromptFormat) -> TargetResult:
+    """lm-eval's logged samples as our records, in the order of ``items``; the scores are lm-eval's own."""
     by_id = {sample["doc"]["id"]: sample for sample in samples}
-    predictions = [prediction(item, [ll for ll, _ in by_id[item.id]["filtered_resps"]]) for item in items]
-    first = items[0]
-    score = TargetScore(first.task, first.language, len(items), float(metrics["acc,none"]), float(metrics["acc_norm,none"]))
+    predictions = [prediction(item, [ll for ll, _ in by_id[item.id]["filtered_resps"]], prompt_format) for item in items]
+    score = replace(summarize(predictions), accuracy=float(metrics["acc,none"]), accuracy_norm=float(metrics["acc_norm,none"]))
     return TargetResult(score, predictions)
 
 
@@ -177,7 +176,7 @@ class HarnessScorer:
         out = {}
         for key, items in targets.items():
             name = names[key]
-            out[key] = _target_result(items, results["samples"][name], results["results"][name])
+            out[key] = _target_result(items, results["samples"][name], results["results"][name], self.prompt_format)
             if on_batch:
                 on_batch(len(items))
         return out

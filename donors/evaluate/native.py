@@ -17,16 +17,15 @@ Built for this workload, with the log-likelihoods lm-evaluation-harness computes
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Callable, Iterator, Mapping, Sequence
 
 import torch
 
-from donors.evaluate import Key, PromptFormat, TargetResult, prediction
+from donors.evaluate import Key, TargetResult, prediction, target_result
 from donors.models import causal_lm_parts, head_logits
-from donors.records import ItemPrediction, TargetScore
-from donors.tasks.item import LETTERS, Item
-from donors.tasks.prompts import encode_example, lettered_prompt, wrap_in_chat
+from donors.records import ItemPrediction
+from donors.tasks.item import Item
+from donors.tasks.prompts import PromptFormat, ScoringRequest, build_requests
 
 # A GPU has the memory and parallelism for far more rows per forward pass than a CPU.
 GPU_BATCH_FACTOR = 8
@@ -34,62 +33,6 @@ GPU_BATCH_FACTOR = 8
 HEAD_ROWS = 128
 # Padding a batch may add, as a share of its width: more, and a shorter prompt starts the next batch.
 MAX_PADDING = 0.1
-
-
-@dataclass(frozen=True)
-class ScoringRequest:
-    """One item as token ids: the shared context and each choice's continuation."""
-
-    item: Item
-    context_ids: tuple[int, ...]
-    continuations: tuple[tuple[int, ...], ...]
-    continuation_texts: tuple[str, ...]
-
-
-def continuation_prompt(item: Item) -> str:
-    """The question alone, as the published ARC task words it; the option texts follow as continuations."""
-    return f"Question: {item.question}\nAnswer:"
-
-
-def prompt_text(item: Item, prompt_format: PromptFormat) -> str:
-    """What the model reads before its answer, before any chat template."""
-    return lettered_prompt(item) if prompt_format == "lettered" else continuation_prompt(item)
-
-
-def choice_strings(item: Item, prompt_format: PromptFormat) -> tuple[str, ...]:
-    """The strings scored as answers (lm-eval's ``doc_to_choice``): letters, or the option texts."""
-    return tuple(LETTERS[: len(item.choices)]) if prompt_format == "lettered" else item.choices
-
-
-def target_delimiter(chat_template: bool) -> str:
-    """`` `` before each answer; none after a chat template's assistant header, as lm-eval does (PR #2475)."""
-    return "" if chat_template else " "
-
-
-def build_requests(
-    items: Sequence[Item],
-    tokenizer,
-    *,
-    chat_template: bool,
-    prompt_format: PromptFormat = "lettered",
-    model_name: str = "",
-    max_length: int = 4096,
-) -> list[ScoringRequest]:
-    requests = []
-    for item in items:
-        context = prompt_text(item, prompt_format)
-        if chat_template:
-            context = wrap_in_chat(context, tokenizer, model_name=model_name)
-        texts = tuple(target_delimiter(chat_template) + choice for choice in choice_strings(item, prompt_format))
-        encoded = [encode_example(context, text, tokenizer, max_length) for text in texts]
-        context_ids = encoded[0].input_ids[: encoded[0].loss_start]
-        continuations = []
-        for e in encoded:
-            if e.input_ids[: e.loss_start] != context_ids:
-                raise ValueError(f"item {item.id}: choices tokenize the shared context differently")
-            continuations.append(e.input_ids[e.loss_start :])
-        requests.append(ScoringRequest(item, context_ids, tuple(continuations), texts))
-    return requests
 
 
 def _batches(requests: Sequence[ScoringRequest], batch_size: int) -> list[list[int]]:
@@ -408,29 +351,7 @@ def score_choices(
         logprobs = _single_token_logprobs(model, requests, tokenizer.pad_token_id, batch_size, on_batch, normalize)
     else:
         logprobs = _shared_context_logprobs(model, requests, tokenizer.pad_token_id, batch_size, on_batch)
-    return [prediction(request.item, lp) for request, lp in zip(requests, logprobs)]
-
-
-def summarize(predictions: Sequence[ItemPrediction], continuation_lengths: Sequence[Sequence[int]] | None = None) -> TargetScore:
-    """Accuracy, and lm-eval's length-normalised accuracy (equal to it for letter answers)."""
-    if not predictions:
-        raise ValueError("no predictions to summarize")
-    correct = sum(p.predicted == p.gold for p in predictions)
-    if continuation_lengths is None:
-        correct_norm = correct
-    else:
-        correct_norm = sum(
-            max(range(len(p.logprobs)), key=lambda i: p.logprobs[i] / lengths[i]) == p.gold
-            for p, lengths in zip(predictions, continuation_lengths)
-        )
-    first = predictions[0]
-    return TargetScore(first.target_task, first.target_language, len(predictions), correct / len(predictions), correct_norm / len(predictions))
-
-
-def target_result(items: Sequence[Item], predictions: list[ItemPrediction], prompt_format: PromptFormat) -> TargetResult:
-    """One target's record; lm-eval's acc_norm divides by each choice string's length in characters."""
-    lengths = [[len(s) for s in choice_strings(item, prompt_format)] for item in items]
-    return TargetResult(summarize(predictions, lengths), predictions)
+    return [prediction(request.item, lp, prompt_format) for request, lp in zip(requests, logprobs)]
 
 
 class NativeScorer:
@@ -452,5 +373,5 @@ class NativeScorer:
         ))
         results = {}
         for key, target in targets.items():
-            results[key] = target_result(target, [next(predictions) for _ in target], self.prompt_format)
+            results[key] = target_result([next(predictions) for _ in target])
         return results

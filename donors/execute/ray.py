@@ -18,10 +18,10 @@ from rich.console import Console
 
 from donors.config import StudyConfig
 from donors.execute.pending import pending_eval_work, pending_train_jobs
-from donors.execute.work import TargetResult, describe, evaluate_states, train_adapter
+from donors.execute.work import describe, evaluate_states, train_adapter
 from donors.grid import Cell
 from donors.jobs import EvalJob, TrainJob, model_states, train_jobs
-from donors.records import ModelState
+from donors.records import ModelState, TargetResult
 from donors.store import ResultsStore
 from donors.tasks.data import StudyData
 
@@ -42,10 +42,12 @@ def _train_task(config: StudyConfig, job: TrainJob, items) -> object:
     return train_adapter(config, job, items, config.adapter_storage)
 
 
-def _evaluate_task(config: StudyConfig, model: str, work, test_items) -> tuple[list[TargetResult], list[tuple[ModelState, Cell, str]]]:
-    results: list[TargetResult] = []
+def _evaluate_task(config: StudyConfig, model: str, work, test_items) -> tuple[list[tuple[ModelState, TargetResult]], list[tuple[ModelState, Cell, str]]]:
+    results: list[tuple[ModelState, TargetResult]] = []
     failures: list[tuple[ModelState, Cell, str]] = []
-    evaluate_states(config, model, work, test_items, results.append, lambda s, t, e: failures.append((s, t, f"{type(e).__name__}: {e}")))
+    evaluate_states(
+        config, model, work, test_items, lambda s, r: results.append((s, r)), lambda s, t, e: failures.append((s, t, f"{type(e).__name__}: {e}"))
+    )
     return results, failures
 
 
@@ -109,10 +111,12 @@ class RayExecutor:
             try:
                 result = ray.get(ready[0])
             except Exception as error:  # noqa: BLE001 - retries are spent; record it and go on
-                job_id = what.job_id if kind == "train" else f"eval:{what[0]}|seed{what[1]}"
-                self.store.record_failure(job_id, kind, describe(error))
+                # A failed evaluation group fails each of its (state, target) jobs, so `donors status` counts them.
+                for job_id in finished:
+                    self.store.record_failure(job_id, kind, describe(error))
                 self.store.clear_running(finished)
-                self.console.print(f"[red]{kind} failed after {settings.max_retries} retries[/red] {job_id}")
+                name = what.job_id if kind == "train" else f"{what[0]} seed {what[1]}"
+                self.console.print(f"[red]{kind} failed after {settings.max_retries} retries[/red] {name}")
                 if kind == "train":
                     finished_train.add(what.job_id)
                     submit_ready_groups()
@@ -124,10 +128,10 @@ class RayExecutor:
                 submit_ready_groups()
             else:
                 results, failures = result
-                for state, score, predictions in results:
-                    self.store.add_target_result(state, score, predictions)
+                for state, target_result in results:
+                    self.store.add_target_result(state, target_result)
                 for state, target, error in failures:
-                    self.store.record_failure(f"eval:{state.state_id}:{target}", "eval", error)
+                    self.store.record_failure(EvalJob(state, target).job_id, "eval", error)
                 self.console.print(f"  scored {len(results)} pair(s) of {what[0]} seed {what[1]}")
             self.store.clear_running(finished)
 

@@ -20,12 +20,9 @@ from donors.evaluate import get_scorer
 from donors.grid import Cell
 from donors.jobs import TrainJob
 from donors.models import load_model
-from donors.records import AdapterRecord, ItemPrediction, ModelState, TargetScore
+from donors.records import AdapterRecord, ModelState, TargetResult
 from donors.tasks.item import Item
 from donors.train.lora import train_lora
-
-TargetResult = tuple[ModelState, TargetScore, list[ItemPrediction]]
-
 
 def library_versions() -> dict[str, str]:
     import peft
@@ -62,7 +59,7 @@ def train_adapter(
     path = job.adapter_dir(storage_dir)
     result = train_lora(
         model, tokenizer, items, lora=config.lora, train=config.train_config_for(job.source.task), seed=job.seed,
-        output_dir=path, model_name=job.model, on_step=on_step,
+        output_dir=path, model_name=job.model, prompt_format=config.train_format, on_step=on_step,
     )
     return AdapterRecord(
         adapter_id=job.job_id,
@@ -86,7 +83,7 @@ def evaluate_states(
     model_name: str,
     work: Sequence[tuple[ModelState, str | None, Sequence[Cell]]],
     test_items: dict[Cell, list[Item]],
-    on_result: Callable[[TargetResult], None],
+    on_result: Callable[[ModelState, TargetResult], None],
     on_failure: Callable[[ModelState, Cell, BaseException], None],
     on_items: Callable[[int], None] | None = None,
 ) -> None:
@@ -122,7 +119,7 @@ def evaluate_states(
                     (result,) = backend.score(
                         scorer, tokenizer, {target: test_items[target]}, model_name=model_name, on_batch=on_items
                     ).values()
-                    on_result((state, result.score, result.predictions))
+                    on_result(state, result)
                 except Exception as error:  # noqa: BLE001 - one failed target must not stop the others
                     on_failure(state, target, error)
 
@@ -140,7 +137,7 @@ def _evaluate_with_vllm(config, model_name, work, test_items, on_result, on_fail
     try:
         for state, target, result in scorer.score_adapters(states, on_items=on_items):
             pending.discard((state, target))
-            on_result((state, result.score, result.predictions))
+            on_result(state, result)
     except Exception as error:  # noqa: BLE001 - an engine call that fails fails the pairs it had not returned
         for state, target in sorted(pending, key=str):
             on_failure(state, target, error)

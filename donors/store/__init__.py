@@ -1,5 +1,5 @@
 """The results store: SQLite, the only state the stages share."""
 
-from donors.store.sqlite import ResultsStore, StoreError
+from donors.store.sqlite import STORE_NAME, ResultsStore, store_path
 
-__all__ = ["ResultsStore", "StoreError"]
+__all__ = ["STORE_NAME", "ResultsStore", "store_path"]

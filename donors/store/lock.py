@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from donors.errors import DonorsError
+
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -10,7 +12,7 @@ from typing import Iterator
 from filelock import FileLock, Timeout
 
 
-class StudyLockedError(RuntimeError):
+class StudyLockedError(DonorsError, RuntimeError):
     pass
 
 

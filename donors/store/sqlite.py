@@ -17,7 +17,8 @@ from typing import Iterable, Iterator
 
 import pandas as pd
 
-from donors.records import AdapterRecord, ItemPrediction, ModelState, TargetScore
+from donors.grid import Cell
+from donors.records import AdapterRecord, ItemPrediction, ModelState, TargetResult, eval_job_id
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS study (
@@ -60,7 +61,20 @@ CREATE TABLE IF NOT EXISTS predictions (
     gold INTEGER NOT NULL,
     predicted INTEGER NOT NULL,
     logprobs TEXT NOT NULL,
+    predicted_norm INTEGER,
     PRIMARY KEY (state_id, target_task, target_language, item_id)
+);
+CREATE TABLE IF NOT EXISTS rotated_predictions (
+    state_id TEXT NOT NULL,
+    target_task TEXT NOT NULL,
+    target_language TEXT NOT NULL,
+    item_id TEXT NOT NULL,
+    rotation INTEGER NOT NULL,
+    gold INTEGER NOT NULL,
+    predicted INTEGER NOT NULL,
+    logprobs TEXT NOT NULL,
+    predicted_norm INTEGER,
+    PRIMARY KEY (state_id, target_task, target_language, item_id, rotation)
 );
 CREATE TABLE IF NOT EXISTS scores (
     state_id TEXT NOT NULL,
@@ -73,13 +87,21 @@ CREATE TABLE IF NOT EXISTS scores (
     n INTEGER NOT NULL,
     accuracy REAL NOT NULL,
     accuracy_norm REAL NOT NULL,
+    predicted_counts TEXT,
+    gold_counts TEXT,
     PRIMARY KEY (state_id, target_task, target_language)
 );
 """
 
+ADDED_COLUMNS = {"predictions": {"predicted_norm": "INTEGER"}, "scores": {"predicted_counts": "TEXT", "gold_counts": "TEXT"}}
+"""Columns added since the first stores were written: an older store gains them when opened."""
 
-class StoreError(RuntimeError):
-    pass
+STORE_NAME = "results.sqlite"
+
+
+def store_path(study_dir: str | Path) -> Path:
+    """Where a study directory keeps its store."""
+    return Path(study_dir) / STORE_NAME
 
 
 class ResultsStore:
@@ -92,6 +114,38 @@ class ResultsStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
+        self._upgrade()
+
+    def _upgrade(self) -> None:
+        """Add the columns an older store lacks, and fill its option counts from its own predictions."""
+        added = False
+        with self._transaction() as db:
+            for table, columns in ADDED_COLUMNS.items():
+                present = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+                for column, kind in columns.items():
+                    if column not in present:
+                        db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+                        added = True
+        if added:
+            self._fill_option_counts()
+
+    def _fill_option_counts(self) -> None:
+        rows = self._db.execute(
+            "SELECT s.state_id, s.target_task, s.target_language, p.gold, p.predicted, p.logprobs FROM scores s "
+            "JOIN predictions p USING (state_id, target_task, target_language) WHERE s.predicted_counts IS NULL"
+        ).fetchall()
+        counts: dict[tuple, tuple[list[int], list[int]]] = {}
+        for state_id, task, language, gold, predicted, logprobs in rows:
+            width = len(json.loads(logprobs))
+            predicted_counts, gold_counts = counts.setdefault((state_id, task, language), ([0] * width, [0] * width))
+            for tally, index in ((predicted_counts, predicted), (gold_counts, gold)):
+                tally.extend([0] * (index + 1 - len(tally)))
+                tally[index] += 1
+        with self._transaction() as db:
+            db.executemany(
+                "UPDATE scores SET predicted_counts = ?, gold_counts = ? WHERE state_id = ? AND target_task = ? AND target_language = ?",
+                [(json.dumps(p), json.dumps(g), *key) for key, (p, g) in counts.items()],
+            )
 
     def close(self) -> None:
         self._db.close()
@@ -174,54 +228,67 @@ class ResultsStore:
         return {r[0] for r in self._db.execute("SELECT job_id FROM running")}
 
     # -- evaluation -----------------------------------------------------------------
-    def add_target_result(self, state: ModelState, score: TargetScore, predictions: list[ItemPrediction]) -> None:
-        """Write one target's per-item predictions and its score in one transaction."""
+    def add_target_result(self, state: ModelState, result: TargetResult) -> None:
+        """Write one target's per-item predictions (every rotation) and its score in one transaction."""
+        score = result.score
+
+        def row(p: ItemPrediction) -> tuple:
+            return (state.state_id, p.target_task, p.target_language, p.item_id, p.gold, p.predicted, json.dumps(p.logprobs), p.predicted_norm)
+
         with self._transaction() as db:
             db.executemany(
-                "INSERT OR REPLACE INTO predictions VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (state.state_id, p.target_task, p.target_language, p.item_id, p.gold, p.predicted, json.dumps(p.logprobs))
-                    for p in predictions
-                ],
+                "INSERT OR REPLACE INTO predictions (state_id, target_task, target_language, item_id, gold, predicted, logprobs, predicted_norm) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [row(p) for p in result.predictions],
+            )
+            db.executemany(
+                "INSERT OR REPLACE INTO rotated_predictions (state_id, target_task, target_language, item_id, gold, predicted, logprobs, "
+                "predicted_norm, rotation) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(*row(p), p.rotation) for p in result.rotations],
             )
             db.execute(
-                "INSERT OR REPLACE INTO scores VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO scores (state_id, model, seed, source_task, source_language, target_task, target_language, n, "
+                "accuracy, accuracy_norm, predicted_counts, gold_counts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     state.state_id, state.model, state.seed, state.source_task, state.source_language,
                     score.target_task, score.target_language, score.n, score.accuracy, score.accuracy_norm,
+                    json.dumps(score.predicted_counts), json.dumps(score.gold_counts),
                 ),
             )
-            db.execute("DELETE FROM failures WHERE job_id = ?", (f"eval:{state.state_id}:{score.target_task}/{score.target_language}",))
+            db.execute("DELETE FROM failures WHERE job_id = ?", (eval_job_id(state, Cell(score.target_task, score.target_language)),))
 
     def scored_targets(self, state_id: str) -> set[tuple[str, str]]:
         rows = self._db.execute("SELECT target_task, target_language FROM scores WHERE state_id = ?", (state_id,))
         return {(t, l) for t, l in rows}
 
     def scores(self) -> pd.DataFrame:
-        return pd.read_sql_query("SELECT * FROM scores ORDER BY state_id, target_task, target_language", self._db)
-
-    def predictions(self) -> pd.DataFrame:
-        frame = pd.read_sql_query(
-            "SELECT state_id, target_task, target_language, item_id, gold, predicted FROM predictions "
-            "ORDER BY state_id, target_task, target_language, item_id",
-            self._db,
-        )
+        """One row per (model state, target): the published scores, and the option counts as lists."""
+        frame = pd.read_sql_query("SELECT * FROM scores ORDER BY state_id, target_task, target_language", self._db)
+        for column in ("predicted_counts", "gold_counts"):
+            frame[column] = [json.loads(v) if v else [] for v in frame[column]]
         return frame
 
-    def item_outcomes(self) -> pd.DataFrame:
-        """One row per (model state, target, item): who the state is, and whether it was right.
+    def item_predictions(self) -> pd.DataFrame:
+        """One row per (model state, target, item, rotation): who the state is, and what it answered.
 
-        Base-model rows have null source and seed. Paired statistics (bootstrap, McNemar)
-        join an adapted state's rows to the base rows of the same model, target and item.
+        Base-model rows have null source and seed. ``logprobs`` is a list per row, in the
+        item's own option order; ``rotation`` is 0 for the published pass and r > 0 for the
+        options rotated by r (permutation evaluation). Every metric and paired statistic is
+        computed from this table.
         """
-        return pd.read_sql_query(
-            "SELECT s.model, s.seed, s.source_task, s.source_language, p.target_task, p.target_language, "
-            "p.item_id, p.gold, p.predicted, (p.gold = p.predicted) AS correct "
-            "FROM predictions p JOIN scores s ON s.state_id = p.state_id "
-            "AND s.target_task = p.target_task AND s.target_language = p.target_language "
-            "ORDER BY s.model, s.source_task, s.source_language, s.seed, p.target_task, p.target_language, p.item_id",
-            self._db,
-        )
+        frames = []
+        for table, rotation in (("predictions", "0"), ("rotated_predictions", "p.rotation")):
+            frames.append(pd.read_sql_query(
+                "SELECT s.model, s.seed, s.source_task, s.source_language, p.target_task, p.target_language, "
+                f"p.item_id, {rotation} AS rotation, p.gold, p.predicted, p.predicted_norm, p.logprobs "
+                f"FROM {table} p JOIN scores s ON s.state_id = p.state_id "
+                "AND s.target_task = p.target_task AND s.target_language = p.target_language",
+                self._db,
+            ))
+        frame = pd.concat([f for f in frames if len(f)] or frames[:1], ignore_index=True)
+        frame["logprobs"] = [json.loads(v) for v in frame["logprobs"]]
+        keys = ["model", "source_task", "source_language", "seed", "target_task", "target_language", "item_id", "rotation"]
+        return frame.sort_values(keys, na_position="first", kind="stable", ignore_index=True)
 
     def counts(self) -> dict[str, int]:
         return {

@@ -6,28 +6,43 @@ test disjoint, and test sets parallel across languages (the same ids everywhere)
 
 from __future__ import annotations
 
-import hashlib
+from donors.errors import DonorsError
+
+from collections import defaultdict
 from dataclasses import dataclass, field
+from itertools import zip_longest
 
 from donors.config import StudyConfig
 from donors.grid import Cell
-from donors.tasks.item import Item, Split
+from donors.tasks.item import Item, Split, stable_digest
 from donors.tasks.registry import Task, get_task
 
 
-class DataError(ValueError):
+class DataError(DonorsError, ValueError):
     """Items a study cannot use; the message names the task, language, ids and the fix."""
 
 
-def _stable_order(item_id: str) -> str:
-    return hashlib.sha256(item_id.encode()).hexdigest()
+def balanced_ids(items: list[Item], limit: int) -> list[str]:
+    """``limit`` ids whose gold positions are as even as the items allow, chosen reproducibly.
+
+    Items are dealt by gold position (A, B, C, ...) in turn, each position's items in the order
+    of a SHA-256 digest of their id; a position that runs out leaves the rest to the others.
+    So each position is within one item of equal wherever the split has enough of it, and a
+    model that always answers one letter scores chance, not whatever a lopsided cut gives it.
+    """
+    by_position: dict[int, list[Item]] = defaultdict(list)
+    for item in sorted(items, key=lambda item: (stable_digest(item.id), item.id)):
+        by_position[item.answer_index].append(item)
+    dealt = [item for turn in zip_longest(*(by_position[p] for p in sorted(by_position))) for item in turn if item is not None]
+    return [item.id for item in dealt[:limit]]
 
 
-def subsample(items: list[Item], limit: int | None) -> list[Item]:
-    """The same ``limit`` ids in every language: the first by a hash of the id, a stable sample."""
+def subsample(items: list[Item], limit: int | None, ids: list[str] | None = None) -> list[Item]:
+    """The items a cap keeps: all below it, else :func:`balanced_ids` (or the ``ids`` given, chosen in another language)."""
     if limit is None or len(items) <= limit:
         return list(items)
-    return sorted(items, key=lambda item: _stable_order(item.id))[:limit]
+    keep = set(ids if ids is not None else balanced_ids(items, limit))
+    return [item for item in items if item.id in keep]
 
 
 def check_split(task: str, language: str, split: Split, items: list[Item]) -> None:
@@ -41,6 +56,14 @@ def check_split(task: str, language: str, split: Split, items: list[Item]) -> No
     wrong = [i.id for i in items if i.task != task or i.language != language]
     if wrong:
         raise DataError(f"{where}: items {wrong[:5]} are labelled with another task or language")
+
+
+def _cut(items: list[Item], limit: int | None, ids: list[str] | None) -> list[Item]:
+    """Training items under a cap: the first language's ids where this language has them all
+    (aligned data), else this language's own balanced choice (training sets need not be parallel)."""
+    if ids is not None and {item.id for item in items} >= set(ids):
+        return subsample(items, limit, ids)
+    return subsample(items, limit)
 
 
 @dataclass
@@ -62,6 +85,8 @@ def load_study_data(config: StudyConfig, tasks: dict[str, Task] | None = None) -
                 "Remove those languages from the study or use a task that covers them"
             )
         test_ids: dict[str, frozenset[str]] = {}
+        # A cut keeps the same ids in every language: those balanced in the first language.
+        chosen: dict[str, list[str] | None] = {"train": None, "test": None}
         for language in config.languages:
             cell = Cell(name, language)
             train, test = task.load(language, "train"), task.load(language, "test")
@@ -70,8 +95,11 @@ def load_study_data(config: StudyConfig, tasks: dict[str, Task] | None = None) -
             overlap = sorted({i.id for i in train} & {i.id for i in test})
             if overlap:
                 raise DataError(f"task {name!r}, language {language!r}: ids {overlap[:5]} are in both train and test; train and test must be disjoint")
-            data.train[cell] = subsample(train, config.train.max_items)
-            data.test[cell] = subsample(test, config.eval.max_items)
+            for split, items, limit in (("train", train, config.train.max_items), ("test", test, config.eval.max_items)):
+                if chosen[split] is None and limit is not None and len(items) > limit:
+                    chosen[split] = balanced_ids(items, limit)
+            data.train[cell] = _cut(train, config.train.max_items, chosen["train"])
+            data.test[cell] = subsample(test, config.eval.max_items, chosen["test"])
             test_ids[language] = frozenset(i.id for i in data.test[cell])
         reference_language, reference = next(iter(test_ids.items()))
         for language, ids in test_ids.items():

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Literal
 
 Split = Literal["train", "test"]
 LETTERS = "ABCDEFGHIJ"
+
+
+def stable_digest(text: str) -> str:
+    """A SHA-256 hex digest: the seed of every ordering decision, never Python's salted ``hash``."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,8 @@ options written under that task in the study config (a local task's paths, say).
 
 from __future__ import annotations
 
+from donors.errors import DonorsError
+
 from typing import Any, Callable, Protocol, runtime_checkable
 
 from donors.tasks.item import Item, Split
@@ -27,7 +29,7 @@ TaskFactory = Callable[..., Task]
 _REGISTRY: dict[str, TaskFactory] = {}
 
 
-class UnknownTaskError(ValueError):
+class UnknownTaskError(DonorsError, ValueError):
     """A task name nobody registered; the message lists the names that are."""
 
 

@@ -9,6 +9,8 @@ carry loss, never over the full sequence.
 
 from __future__ import annotations
 
+from donors.errors import DonorsError
+
 import json
 import logging
 import math
@@ -30,13 +32,13 @@ from transformers import get_linear_schedule_with_warmup
 from donors.config import LoraConfig, TrainConfig
 from donors.tasks.item import Item
 from donors.models import causal_lm_parts
-from donors.tasks.prompts import EncodedExample, answer_continuation, encode_example, render_prompt
+from donors.tasks.prompts import EncodedExample, PromptFormat, encode_example, training_text
 from donors.train.loss import linear_cross_entropy
 from donors.train.rms_norm import frozen_rms_norms
 
 logger = logging.getLogger(__name__)
 
-class TrainingError(RuntimeError):
+class TrainingError(DonorsError, RuntimeError):
     """A run that cannot finish (a non-finite loss, say); the study records it and goes on."""
 
 
@@ -60,14 +62,6 @@ def split_train_validation(items: Sequence[Item], fraction: float, seed: int) ->
         raise TrainingError(f"validation_fraction {fraction} leaves no training items out of {len(ordered)}")
     cut = len(ordered) - n_validation
     return ordered[:cut], ordered[cut:]
-
-
-def training_text(item: Item, tokenizer, train: TrainConfig, model_name: str) -> tuple[str, str]:
-    """(prompt, target): the target is the answer letter, or the item's own target text."""
-    if item.target_text is not None:
-        return "", item.target_text
-    prompt = render_prompt(item, tokenizer, chat_template=train.chat_template, model_name=model_name)
-    return prompt, answer_continuation(item.answer_letter, chat_template=train.chat_template)
 
 
 class FusedLoraLinear(PeftLoraLinear):
@@ -263,6 +257,7 @@ def train_lora(
     seed: int,
     output_dir: Path,
     model_name: str = "",
+    prompt_format: PromptFormat = "lettered",
     on_step: Callable[[int, int], None] | None = None,
 ) -> TrainResult:
     """Train a LoRA adapter on ``items`` and save the best epoch's adapter to ``output_dir``.
@@ -279,7 +274,8 @@ def train_lora(
         raise TrainingError("no training items")
 
     def encode(batch: Sequence[Item]) -> list[EncodedExample]:
-        return [encode_example(*training_text(i, tokenizer, train, model_name), tokenizer, train.max_length) for i in batch]
+        texts = (training_text(i, tokenizer, prompt_format=prompt_format, chat_template=train.chat_template, model_name=model_name) for i in batch)
+        return [encode_example(prompt, target, tokenizer, train.max_length) for prompt, target in texts]
 
     train_examples, validation_examples = encode(train_items), encode(validation_items)
     pad_id = tokenizer.pad_token_id

@@ -16,12 +16,11 @@ once for all tasks, so every task gets the same guarantees:
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
-from donors.tasks.item import Item, Split
+from donors.tasks.item import Item, Split, stable_digest
 
 LANGUAGES = ("ar", "bn", "de", "en", "es", "fr", "hi", "id", "it", "pt", "zh")
 """The study's grid languages; every embedded task is built in all of them."""
@@ -34,14 +33,11 @@ NameFunction = Callable[[str, str], str | None]
 """``(code, language) -> name``, or None when that language has no proper name for it."""
 
 
-def digest(text: str) -> str:
-    """A stable hex digest: the seed of every ordering decision in the pack."""
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def stable_order(codes: Iterable[str], salt: str) -> list[str]:
     """``codes`` in a pseudo-random order that depends only on the codes and ``salt``."""
-    return sorted(set(codes), key=lambda code: (digest(f"{salt}|{code}"), code))
+    return sorted(set(codes), key=lambda code: (stable_digest(f"{salt}|{code}"), code))
 
 
 @dataclass(frozen=True)
@@ -98,7 +94,7 @@ class FactTask:
         usable = self._usable_facts()
         if len(usable) < self.min_test:
             raise ValueError(f"task {self.name!r}: only {len(usable)} usable facts, needs {self.min_test} for its test split")
-        ordered = sorted(usable, key=lambda pair: (digest(f"{self.entity}:{pair[0].key}"), pair[0].key))
+        ordered = sorted(usable, key=lambda pair: (stable_digest(f"{self.entity}:{pair[0].key}"), pair[0].key))
         test_size = max(self.min_test, len(ordered) // 2)
         by_split = {"test": ordered[:test_size], "train": ordered[test_size:]}
         return {split: self._balanced(pairs) for split, pairs in by_split.items()}
@@ -109,7 +105,7 @@ class FactTask:
         Each letter is right for a quarter of the items (give or take one), and the letters
         do not repeat with period four down the item list.
         """
-        dealing_order = sorted(pairs, key=lambda pair: (digest(f"{self.name}:answer-position:{pair[0].key}"), pair[0].key))
+        dealing_order = sorted(pairs, key=lambda pair: (stable_digest(f"{self.name}:answer-position:{pair[0].key}"), pair[0].key))
         position = {fact.key: rank % N_CHOICES for rank, (fact, _) in enumerate(dealing_order)}
         return tuple(_place_answer(fact, distractors, position[fact.key]) for fact, distractors in pairs)
 
