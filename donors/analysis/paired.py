@@ -2,20 +2,19 @@
 
 A study run by this tool stores every item's prediction, so a cell's transfer can be
 compared item by item with the base model on the same test items, rather than as two
-independent accuracies. The input is :meth:`donors.store.ResultsStore.item_outcomes`:
-one row per (model state, target, item) with columns model, seed, source_task,
-source_language, target_task, target_language, item_id and correct (0/1); base-model
+independent accuracies. The input is :func:`donors.analysis.metrics.item_scores`: one
+row per (model state, target, item) with columns model, seed, source_task,
+source_language, target_task, target_language, item_id and score (the item's score in
+[0, 1] under the chosen metric: 0/1 for accuracy, a probability for gold_prob); base-model
 rows have no source and no seed, and are shared by every seed of that model.
 
-Δ here is 100 x (fine-tuned accuracy - base accuracy) on the stored predictions
-(``predicted == gold``), in percentage points, averaged over seeds. It equals the
-transfer matrix's Δ whenever the answers are single letters (normalised and raw
-accuracy coincide); with multi-token answers the two can differ slightly.
+Δ here is 100 x (fine-tuned score - base score) on the stored predictions, in percentage
+points, averaged over seeds: under the same metric, the transfer matrix's Δ.
 
 Conventions shared by every function here:
 
 * the per-item difference of a cell is d_i = (mean over seeds of the fine-tuned
-  correctness of item i) - (base correctness of item i), so Δ = 100 x mean_i d_i is the
+  score of item i) - (base score of item i), so Δ = 100 x mean_i d_i is the
   seed-averaged Δ;
 * uncertainty is over test items only: the seeds run are taken as given (seed-to-seed
   spread is the results table's ``delta_score_norm_std``). Resampling three or five
@@ -32,18 +31,17 @@ import pandas as pd
 from scipy import stats
 from statsmodels.stats.multitest import multipletests
 
-from donors.analysis.constants import CT_CL, CT_ML, MODEL, MT_CL, MT_ML, REGIME
+from donors.analysis.constants import MODEL, MT_ML, REGIME
+from donors.grid import regime_labels
 
 CELL_KEYS = ["model", "source_task", "source_language", "target_task", "target_language"]
-OUTCOME_COLUMNS = [*CELL_KEYS, "seed", "item_id", "correct"]
+OUTCOME_COLUMNS = [*CELL_KEYS, "seed", "item_id", "score"]
 EXACT_TEST_MAX_CHANGED = 24
 """Up to this many changed items a cell gets the exact test (McNemar's rule: b + c < 25)."""
 
 
 def _regime(cells: pd.DataFrame) -> pd.Series:
-    same_task = (cells["source_task"] == cells["target_task"]).to_numpy(int)
-    same_language = (cells["source_language"] == cells["target_language"]).to_numpy(int)
-    labels = np.array([CT_CL, CT_ML, MT_CL, MT_ML], dtype=object)[2 * same_task + same_language]
+    labels = regime_labels(cells["source_task"], cells["source_language"], cells["target_task"], cells["target_language"])
     return pd.Series(labels, index=cells.index, name=REGIME)
 
 
@@ -51,8 +49,8 @@ def _regime(cells: pd.DataFrame) -> pd.Series:
 class _TaskBlock:
     """One model's cells on one target task, over that task's item ids (aligned across languages).
 
-    ``gain`` is, per cell and item, the fine-tuned correct answers summed over seeds minus
-    ``seeds`` x the base correctness (an integer); ``seeds`` counts the seeds that scored
+    ``gain`` is, per cell and item, the fine-tuned scores summed over seeds minus ``seeds``
+    x the base score (an integer for 0/1 scores); ``seeds`` counts the seeds that scored
     the item, 0 where the item or its base outcome is missing.
     """
 
@@ -91,8 +89,8 @@ def _task_blocks(outcomes: pd.DataFrame) -> list[_TaskBlock]:
     """
     missing = [c for c in OUTCOME_COLUMNS if c not in outcomes.columns]
     if missing:
-        raise ValueError(f"item outcomes lack column(s) {missing}; expected ResultsStore.item_outcomes()")
-    correct = pd.to_numeric(outcomes["correct"], errors="raise").to_numpy(float)
+        raise ValueError(f"item outcomes lack column(s) {missing}; expected donors.analysis.metrics.item_scores()")
+    correct = pd.to_numeric(outcomes["score"], errors="raise").to_numpy(float)
     model, models = _codes(outcomes["model"])
     task, tasks = _codes(outcomes["target_task"])
     language, languages = _codes(outcomes["target_language"])
@@ -260,13 +258,24 @@ def _null_distribution(magnitude_counts: tuple[int, ...]) -> tuple[np.ndarray, n
 def _sign_flip_p_values(gain: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Two-sided p of the paired sign-flip test of Σ gain_i = 0, and whether it was exact.
 
-    Exact null when at most :data:`EXACT_TEST_MAX_CHANGED` items changed, otherwise the
-    normal approximation (|T| - g)² / Σ gain_i² ~ χ²(1), g (the gcd of the gains) being
+    For integer gains (0/1 scores): the exact null when at most :data:`EXACT_TEST_MAX_CHANGED`
+    items changed, otherwise the normal approximation (|T| - g)² / Σ gain_i² ~ χ²(1), g (the gcd of the gains) being
     the continuity correction: half the step between attainable values of T. With one
     seed the gains are ±1 and this is McNemar's test as statsmodels computes it (T = b - c,
     Σ gain² = b + c, exact binomial below 25 discordant pairs), except that b = c gives
     p = 1 in the χ² branch too; repeating one seed's outcomes three times leaves p unchanged.
+    Rows with non-integer gains get the normal approximation T² / Σ gain_i² ~ χ²(1).
     """
+    integral = np.isclose(gain, np.rint(gain)).all(axis=1)
+    if not integral.all():
+        # Continuous scores (gold_prob) or fractional ties: the sign-flip test's normal limit.
+        p_values, exact = np.ones(len(gain)), np.zeros(len(gain), dtype=bool)
+        p_values[integral], exact[integral] = _sign_flip_p_values(gain[integral])
+        rest = gain[~integral]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            statistic = rest.sum(axis=1) ** 2 / (rest**2).sum(axis=1)
+        p_values[~integral] = np.where(np.isfinite(statistic), stats.chi2.sf(statistic, 1), 1.0)
+        return p_values, exact
     gain = np.rint(gain).astype(np.int64)
     total = gain.sum(axis=1)
     variance = (gain**2).sum(axis=1)
