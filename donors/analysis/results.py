@@ -7,8 +7,10 @@ analyses themselves read as the protocol does.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+import re
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -46,8 +48,97 @@ class ResultsTableError(ValueError):
     """A results table does not follow the published schema (protocol section 8)."""
 
 
+FloatParser = Literal["published", "exact"]
+
+_DECIMAL = re.compile(r"\s*([+-]?)(\d*)(?:\.(\d*))?(?:[eE]([+-]?\d+))?\s*")
+_SPECIAL = re.compile(r"\s*[+-]?(?:inf|infinity|nan)\s*", re.IGNORECASE)
+_MAX_DIGITS = 17
+_POWERS_OF_TEN = [float(f"1e{k}") for k in range(309)]
+
+
+def _decimal_parts(text: str) -> tuple[str, str, str, str] | None:
+    """(sign, integer digits, fraction digits, exponent) of a decimal number; None otherwise."""
+    match = _DECIMAL.fullmatch(text)
+    if match is None or not (match[2] or match[3]):
+        return None
+    sign, whole, fraction, exponent = match.groups()
+    return sign, whole, fraction or "", exponent or "0"
+
+
+def exact_float(text: str) -> float:
+    """A number read from text as the nearest double (``float``; pandas 3's CSV parser).
+
+    Accepts the same text as :func:`published_float` (a decimal number, or inf/nan),
+    so that the two parsers differ in rounding only; anything else is a ValueError.
+    """
+    if _decimal_parts(text) is None and _SPECIAL.fullmatch(text) is None:
+        raise ValueError(f"not a number: {text!r}")
+    return float(text)
+
+
+def published_float(text: str) -> float:
+    """A number read from text as the release's validator read it, bit for bit.
+
+    The release ran on pandas 2.3.3, whose default CSV float parser (``precise_xstrtod``)
+    keeps the first 17 digits (leading zeros count), accumulates them one by one in a
+    double, and multiplies or divides by a power of ten. That is not always the nearest
+    double: ``-0.9999999999999999`` reads as -1.0 (harm, where the nearest double is not)
+    and ``0.000000000000000001`` as 0.0 (not positive). The published section-5 numbers
+    were counted on these values. Text that is not a decimal number (inf, nan) and
+    exponents past 308, where pandas 2.3.3 gave up, read as :func:`exact_float` does.
+    """
+    parts = _decimal_parts(text)
+    if parts is None:
+        return exact_float(text)
+    sign, whole, fraction, exponent = parts
+    digits = (whole + fraction)[:_MAX_DIGITS]
+    scale = int(exponent) + len(whole) - len(digits)
+    if scale > 308:
+        return exact_float(text)
+    number = float(int(digits[:15]))  # exact: below 2**53, as the digit loop's partial sums
+    for digit in digits[15:]:
+        number = number * 10.0 + (ord(digit) - 48)  # rounds, as the C loop did
+    if sign == "-":
+        number = -number
+    if scale > 0:
+        return number * _POWERS_OF_TEN[scale]
+    if scale >= -308:
+        return number / _POWERS_OF_TEN[-scale]
+    if scale >= -616:
+        return number / _POWERS_OF_TEN[-308 - scale] / _POWERS_OF_TEN[308]
+    return 0.0
+
+
+FLOAT_PARSERS: dict[str, Callable[[str], float]] = {
+    "published": published_float,
+    "exact": exact_float,
+}
+"""How :func:`load_results_table` reads numbers from text, by name."""
+
+
+def _numbers(values: pd.Series, parse: Callable[[str], float]) -> pd.Series:
+    """``values`` as floats, text read by ``parse``; NaN for missing or non-numbers.
+
+    Like ``pd.to_numeric(errors="coerce")``, with the parser chosen.
+    """
+    if not (pd.api.types.is_object_dtype(values) or pd.api.types.is_string_dtype(values)):
+        return pd.to_numeric(values, errors="coerce")
+
+    def number(value) -> float:
+        try:
+            return parse(value) if isinstance(value, str) else float(value)
+        except (TypeError, ValueError):
+            return np.nan
+
+    items = values.to_numpy(dtype=object)
+    return pd.Series([number(v) for v in items], index=values.index, name=values.name, dtype=float)
+
+
 def load_results_table(
-    path_or_df: str | os.PathLike | pd.DataFrame, *, expect_full_grid: bool = False
+    path_or_df: str | os.PathLike | pd.DataFrame,
+    *,
+    expect_full_grid: bool = False,
+    float_parser: FloatParser = "published",
 ) -> pd.DataFrame:
     """Read and check a results table in the published schema (protocol section 0).
 
@@ -56,7 +147,19 @@ def load_results_table(
     which our own, smaller studies do not pass. As in the release, ``n/a`` reads as
     missing (pandas' default), Δ and model_size are made numeric, and nothing is
     recomputed.
+
+    ``float_parser`` says how numbers written as text (every numeric column of a CSV,
+    Δ and model_size given as strings) become floats. ``"published"`` (the default)
+    reads them as the release's validator did (:func:`published_float`), so a CSV of the
+    released table gives the published counts: a few of its Δ strings sit an ulp from
+    -1 and only that parser puts them on the threshold. ``"exact"`` takes the nearest
+    double (:func:`exact_float`). Numbers already in a DataFrame are kept as they are.
     """
+    if float_parser not in FLOAT_PARSERS:
+        raise ValueError(
+            f"float_parser must be one of {', '.join(map(repr, FLOAT_PARSERS))}, not {float_parser!r}"
+        )
+    parse = FLOAT_PARSERS[float_parser]
     if isinstance(path_or_df, pd.DataFrame):
         origin = "the results DataFrame"
         frame = path_or_df.copy()
@@ -67,6 +170,12 @@ def load_results_table(
             raise FileNotFoundError(f"results table {origin} does not exist")
         text_columns = (MODEL, SOURCE_TASK, SOURCE_LANGUAGE, TARGET_TASK, TARGET_LANGUAGE, REGIME)
         frame = pd.read_csv(path, dtype={c: str for c in text_columns})
+        # pandas decides which columns are numeric; their values come from the text again,
+        # read by the chosen parser rather than by whatever the installed pandas does.
+        text = pd.read_csv(path, dtype=str)
+        for column in frame.columns:
+            if column in (DELTA, SIZE) or frame[column].dtype.kind == "f":
+                frame[column] = _numbers(text[column], parse)
     missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
     if missing:
         raise ResultsTableError(
@@ -78,8 +187,8 @@ def load_results_table(
             f"{origin} has {len(frame):,} rows; the published grid has exactly "
             f"{PUBLISHED_ROWS:,} (9 models x 44 sources x 44 targets)"
         )
-    frame[DELTA] = pd.to_numeric(frame[DELTA], errors="coerce")
-    frame[SIZE] = pd.to_numeric(frame[SIZE], errors="coerce")
+    frame[DELTA] = _numbers(frame[DELTA], parse)
+    frame[SIZE] = _numbers(frame[SIZE], parse)
     return frame
 
 
