@@ -2,11 +2,28 @@
 
 from __future__ import annotations
 
+import os
+import sys
+import sysconfig
+
+
+def _drop_scripts_folder_from_path() -> None:
+    """A console script runs with its bin folder first on sys.path, where installed scripts (lang2vec.py) shadow packages: drop it."""
+    scripts = {os.path.dirname(sys.executable)}
+    for scheme in (sysconfig.get_default_scheme(), sysconfig.get_preferred_scheme("user")):
+        scripts.add(sysconfig.get_path("scripts", scheme))
+    if sys.path and os.path.realpath(sys.path[0] or os.curdir) in {os.path.realpath(s) for s in scripts if s}:
+        del sys.path[0]
+
+
+_drop_scripts_folder_from_path()  # before every other import below
+
 from pathlib import Path
 
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from donors import api
 from donors import plan as planning
@@ -115,9 +132,17 @@ def status(config: Path) -> None:
 @app.command()
 def analyze(source: Path = typer.Argument(..., help="a study directory, or a results CSV in the published schema"),
             out: Path = typer.Option(None, help="directory for the CSV tables")) -> None:
-    """Run every analysis and save each table as CSV."""
+    """Run every analysis and save each table as CSV; warn of any analysis that could not run."""
+    from donors.analysis.published import SKIPPED_ANALYSES
+
     tables = _handled(lambda: api.analyze(source, out))
-    typer.echo(f"{len(tables)} tables written")
+    skipped = tables.get(SKIPPED_ANALYSES)
+    skipped = [] if skipped is None else list(skipped.itertuples(index=False))
+    for row in skipped:
+        # Text, not markup: a reason may hold brackets; soft_wrap keeps each warning one line.
+        console.print(Text.assemble(("warning:", "yellow"), f" {row.analysis} skipped: {row.reason}"), soft_wrap=True)
+    note = f"; {len(skipped)} analyses skipped, listed in {SKIPPED_ANALYSES}" if skipped else ""
+    typer.echo(f"{len(tables)} tables written{note}")
 
 
 @app.command()

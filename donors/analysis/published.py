@@ -10,8 +10,10 @@ A5 lives in :mod:`typology`, A15 in :mod:`variance` and A16 in :mod:`consistency
 from __future__ import annotations
 
 import functools
+import traceback
 import warnings
 from collections.abc import Callable, Collection, Mapping
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -74,7 +76,7 @@ from donors.analysis.results import (
     transfer_statistics,
     with_regime,
 )
-from donors.analysis.typology import linguistic_correlations
+from donors.analysis.typology import InsufficientData, linguistic_correlations
 from donors.analysis.variance import variance_decomposition
 
 PARETO_X = "MT-CL gain (Δ pp)"
@@ -398,6 +400,49 @@ def published_analyses(
     }
 
 
+SKIPPED_ANALYSES = "skipped_analyses"
+SKIPPED_COLUMNS = ["analysis", "reason"]
+_PACKAGE_ROOT = Path(__file__).resolve().parents[2]
+
+
+def skip_reason(error: Exception) -> str:
+    """Why an analysis did not run, from the error :func:`run_analysis` caught, as one line.
+
+    Too little data (:class:`InsufficientData`) is said as it is; anything else is an error
+    in the data or the code, so its type, message and the donors line that raised it stay.
+    """
+    if isinstance(error, InsufficientData):
+        return str(error)
+    reason = f"{type(error).__name__}: {error}".replace("\n", " ")
+    frames = traceback.extract_tb(error.__traceback__)[1:]  # [0] is run_analysis, which caught it
+    ours = [f for f in frames if Path(f.filename).resolve().is_relative_to(_PACKAGE_ROOT / "donors")]
+    if ours or frames:
+        frame = (ours or frames)[-1]
+        path = Path(frame.filename).resolve()
+        where = path.relative_to(_PACKAGE_ROOT) if ours else path.name
+        reason += f" (at {where}:{frame.lineno})"
+    return reason
+
+
+def run_analysis(
+    name: str, compute: Callable[[], pd.DataFrame], skipped: list[tuple[str, str]]
+) -> pd.DataFrame | None:
+    """``compute()``; when it raises, None, with ``(name, reason)`` appended to ``skipped``.
+
+    Only :class:`Exception`: an interrupt still stops the run.
+    """
+    try:
+        return compute()
+    except Exception as error:
+        skipped.append((name, skip_reason(error)))
+        return None
+
+
+def skipped_table(skipped: Collection[tuple[str, str]]) -> pd.DataFrame:
+    """The ``skipped_analyses`` table: one row (analysis, reason) per analysis that did not run."""
+    return pd.DataFrame(list(skipped), columns=SKIPPED_COLUMNS)
+
+
 def run_published_analyses(
     df: pd.DataFrame, *, curated: Collection[str] = CURATED_DATASETS
 ) -> dict[str, pd.DataFrame]:
@@ -405,20 +450,40 @@ def run_published_analyses(
 
     Dependent tables (A7 from A6, A10 from A9, the A11 correlation) are computed from
     their parents once rather than through :func:`published_analyses`.
+
+    Each analysis runs on its own. One that raises (too little data, or an error) is left
+    out and listed, with its reason, in a last table ``skipped_analyses`` (columns
+    analysis, reason), which is there only when something was skipped; a dependent table
+    whose parent was skipped is skipped with it.
     """
     df = load_results_table(df)
     steps = published_analyses(curated=curated)
-    reused = {
-        "pareto_family_summary", "language_roles_by_family",
-        "curated_vs_translated_donor_correlation",
+    derived = {
+        "pareto_family_summary": (["pareto_profiles"], pareto_family_summary),
+        "language_roles_by_family": (["language_donor_recipient"], language_roles_by_family),
+        "curated_vs_translated_donor_correlation": (
+            ["language_roles_curated", "language_roles_translated"],
+            curated_vs_translated_donor_correlation,
+        ),
     }
-    tables = {name: step(df) for name, step in steps.items() if name not in reused}
-    tables["pareto_family_summary"] = pareto_family_summary(tables["pareto_profiles"])
-    tables["language_roles_by_family"] = language_roles_by_family(tables["language_donor_recipient"])
-    tables["curated_vs_translated_donor_correlation"] = curated_vs_translated_donor_correlation(
-        tables["language_roles_curated"], tables["language_roles_translated"]
-    )
-    return {name: tables[name] for name in steps}
+    tables: dict[str, pd.DataFrame] = {}
+    skipped: list[tuple[str, str]] = []
+    for name, step in steps.items():
+        if name not in derived:
+            tables[name] = run_analysis(name, functools.partial(step, df), skipped)
+    for name, (parents, compute) in derived.items():
+        missing = [parent for parent in parents if tables[parent] is None]
+        if missing:
+            skipped.append((name, f"computed from {' and '.join(missing)}, which was skipped"))
+            tables[name] = None
+        else:
+            parent_tables = [tables[parent] for parent in parents]
+            tables[name] = run_analysis(name, functools.partial(compute, *parent_tables), skipped)
+    out = {name: tables[name] for name in steps if tables[name] is not None}
+    if skipped:
+        order = list(steps)
+        out[SKIPPED_ANALYSES] = skipped_table(sorted(skipped, key=lambda row: order.index(row[0])))
+    return out
 
 
 def check_published_values(df: pd.DataFrame) -> pd.DataFrame:

@@ -36,6 +36,7 @@ from donors.analysis.constants import (
 from donors.analysis.results import same_language, same_task, transfer_set
 
 CORRELATION_COLUMNS = ["Metric", "Spearman (Rank)", "p-value", "Pearson (Linear)", "N"]
+MIN_LANGUAGE_PAIRS = 3  # fewer, and a rank correlation says nothing
 
 
 def _resource_shim() -> types.ModuleType:
@@ -50,9 +51,41 @@ def _resource_shim() -> types.ModuleType:
     return shim
 
 
+class InsufficientData(ValueError):
+    """An analysis has too little data to give a result: the reason, for ``skipped_analyses``."""
+
+
+class Lang2vecShadowed(ImportError):
+    """``import lang2vec`` finds something other than the lang2vec package."""
+
+
+def _check_lang2vec_is_the_package() -> None:
+    """Raise :class:`Lang2vecShadowed` when ``lang2vec`` is not a package, before running it.
+
+    lang2vec installs a script ``lang2vec.py`` into the environment's bin folder; with that
+    folder on ``sys.path`` ahead of site-packages (a console script puts it there), ``import
+    lang2vec`` would load that script instead, and every language would look unknown.
+    """
+    module = sys.modules.get("lang2vec")
+    if module is not None:
+        is_package, origin = hasattr(module, "__path__"), getattr(module, "__file__", None)
+    else:
+        spec = importlib.util.find_spec("lang2vec")
+        if spec is None:
+            return  # not installed: the import itself says so
+        is_package, origin = spec.submodule_search_locations is not None, spec.origin
+    if not is_package:
+        raise Lang2vecShadowed(
+            f"'import lang2vec' finds the file {origin}, which shadows the lang2vec package: "
+            f"its folder {os.path.dirname(origin or '') or '?'} comes before site-packages on "
+            "sys.path (as a console script's own folder, or through PYTHONPATH); take it off"
+        )
+
+
 @functools.cache
 def _lang2vec() -> types.ModuleType:
     """Import lang2vec, lending it a ``pkg_resources`` only for the import if none exists."""
+    _check_lang2vec_is_the_package()
     if importlib.util.find_spec("pkg_resources") is not None:
         import lang2vec.lang2vec as l2v
 
@@ -84,11 +117,14 @@ def _features(code: str, feature_set: str) -> np.ndarray:
 
 @functools.cache
 def _has_features(code: str) -> bool:
+    _lang2vec()  # outside the try: a failed import is an error, not an unknown language
     try:
         for feature_set in TYPOLOGY_FEATURE_SETS.values():
             _features(code, feature_set)
-    except Exception:  # lang2vec raises a bare Exception for a code it lacks
-        return False
+    except Exception as error:
+        if type(error) is Exception:  # lang2vec raises a bare Exception for a code it lacks
+            return False
+        raise
     return True
 
 
@@ -162,21 +198,43 @@ def linguistic_correlations(
 
     ``distances`` (columns src, tgt and one per metric) defaults to the URIEL distances
     of :func:`typological_distances`. Pairs with a NaN anywhere are dropped, so every
-    metric uses the same N. The p-value is Spearman's.
+    metric uses the same N. The p-value is Spearman's. Raises :class:`InsufficientData`,
+    saying why, when fewer than :data:`MIN_LANGUAGE_PAIRS` pairs remain.
     """
     pairs = language_pair_means(df)
-    if distances is None:
+    from_lang2vec = distances is None
+    if from_lang2vec:
         distances = typological_distances({*pairs["src"], *pairs["tgt"]}, iso_codes=iso_codes)
     metrics = [c for c in distances.columns if c not in ("src", "tgt")]
     data = pairs.merge(distances, on=["src", "tgt"]).dropna()
+    if len(data) < MIN_LANGUAGE_PAIRS:
+        raise InsufficientData(_too_few_pairs(pairs, distances, len(data), from_lang2vec))
     records = []
     for metric in metrics:
-        rho = p_value = r = np.nan
-        if len(data) >= 3:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                spearman = stats.spearmanr(data[metric], data["delta"])
-                rho, p_value = spearman.statistic, spearman.pvalue
-                r = stats.pearsonr(data[metric], data["delta"]).statistic
+        with warnings.catch_warnings():
+            # A metric whose distances are all equal has no correlation: NaN is the answer.
+            warnings.filterwarnings(
+                "ignore", message="An input array is constant", category=stats.ConstantInputWarning
+            )
+            spearman = stats.spearmanr(data[metric], data["delta"])
+            r = stats.pearsonr(data[metric], data["delta"]).statistic
+        rho, p_value = spearman.statistic, spearman.pvalue
         records.append([metric, round(rho, 3), round(p_value, 4), round(r, 3), len(data)])
     return pd.DataFrame(records, columns=CORRELATION_COLUMNS)
+
+
+def _too_few_pairs(pairs: pd.DataFrame, distances: pd.DataFrame, usable: int, from_lang2vec: bool) -> str:
+    """Why A5 has fewer than :data:`MIN_LANGUAGE_PAIRS` language pairs to correlate."""
+    languages = sorted({*pairs["src"], *pairs["tgt"]})
+    reason = (
+        f"{usable} language pair(s) with both a mean MT-CL delta and a distance; "
+        f"at least {MIN_LANGUAGE_PAIRS} are needed"
+    )
+    if not len(pairs):
+        return f"{reason} (the table has no MT-CL rows between two languages)"
+    placed = {*distances["src"], *distances["tgt"]}
+    unknown = [lang for lang in languages if lang not in placed]
+    if unknown:
+        why = ": languages lang2vec does not know" if from_lang2vec else ""
+        reason += f" (no distance for {', '.join(unknown)}{why})"
+    return f"{reason}; languages in the table: {', '.join(languages)}"
