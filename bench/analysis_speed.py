@@ -19,7 +19,6 @@ import importlib.util
 import os
 import sys
 import time
-import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,16 +46,14 @@ def main() -> None:
           f"per MixedLM fit): {'yes' if threadpoolctl else 'not installed'}")
     print(f"{'table':<42}{'seconds':>9}")
     timings = {}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for name, analysis in published_analyses().items():
-            start = time.perf_counter()
-            analysis(table)
-            timings[name] = time.perf_counter() - start
-            print(f"{name:<42}{timings[name]:>9.2f}", flush=True)
+    for name, analysis in published_analyses().items():
         start = time.perf_counter()
-        run_published_analyses(table)
-        total = time.perf_counter() - start
+        analysis(table)
+        timings[name] = time.perf_counter() - start
+        print(f"{name:<42}{timings[name]:>9.2f}", flush=True)
+    start = time.perf_counter()
+    run_published_analyses(table)
+    total = time.perf_counter() - start
     print(f"{'sum of the tables above':<42}{sum(timings.values()):>9.2f}")
     print(f"{'run_published_analyses (one call)':<42}{total:>9.2f}")
     print(f"target: < {TARGET_SECONDS:.0f} s -> {'met' if total < TARGET_SECONDS else 'MISSED'}")

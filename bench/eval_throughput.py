@@ -289,10 +289,8 @@ def run_worker(kind: str, spec: dict) -> tuple[dict, float]:
 
 def worker_main(kind: str, spec_file: str, result_file: str) -> None:
     import logging
-    import warnings
 
-    warnings.filterwarnings("ignore")
-    logging.disable(logging.WARNING)
+    logging.getLogger("lm_eval").setLevel(logging.ERROR)  # the harness logs every task it builds
     spec = json.loads(Path(spec_file).read_text())
     set_threads(spec["threads"])
     Path(result_file).write_text(json.dumps(WORKERS[kind](spec)))

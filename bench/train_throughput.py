@@ -46,7 +46,6 @@ import resource
 import sys
 import tempfile
 import time
-import warnings
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -98,7 +97,6 @@ def run_variant(variant: str, model_name: str, steps: int, batch_size: int, max_
     from donors.tasks.prompts import encode_example, training_text
     from donors.train.lora import peft_lora_config, split_train_validation, train_lora, validation_loss
 
-    warnings.filterwarnings("ignore")
     gflops_before = square_matmul_gflops()
     model, tokenizer = load_model(model_name)
     params = non_embedding_parameters(model)

@@ -21,16 +21,13 @@ from donors.config import ConfigError, StudyConfig, load_config
 from donors import plan as planning
 from donors.jobs import eval_jobs, train_jobs
 from donors.plan import StudyPlan
-from donors.store import ResultsStore
+from donors.store import STORE_NAME, ResultsStore, store_path
 from donors.store.lock import study_in_use, study_lock
 
-STORE_NAME = "results.sqlite"
-
-__all__ = ["StudyConfig", "StudyPlan", "load_config", "run_study", "study_status", "plan_study", "results_of", "analyze", "write_report"]
-
-
-def store_path(study_dir: str | Path) -> Path:
-    return Path(study_dir) / STORE_NAME
+__all__ = [
+    "StudyConfig", "StudyPlan", "Analysis", "load_config", "run_study", "study_status", "plan_study", "probe_study",
+    "results_of", "analysis_of", "analyze", "write_report",
+]
 
 
 def _check_same_recipe(store: ResultsStore, config: StudyConfig) -> None:
@@ -86,9 +83,22 @@ def run_study(config: StudyConfig | str | Path, *, console: Console | None = Non
         if not report:
             return study_dir
         console.print("[bold]analyse[/bold] tables, figures and report")
-        path = write_report(study_dir)
+        path, analysis = _write_report(study_dir)
+        print_findings(analysis, console)
     console.print(f"[bold]done[/bold] in {time.perf_counter() - started:.0f} s")
     return path
+
+
+def print_findings(analysis: Analysis, console: Console) -> None:
+    """The validity findings, warnings in colour, and any analysis that could not run."""
+    from rich.text import Text
+
+    for line in analysis.findings:
+        warning = line.startswith("WARNING:")
+        console.print(Text(line, style="yellow" if warning else "green"), soft_wrap=True)
+    skipped = analysis.tables.get("skipped_analyses")
+    for row in ([] if skipped is None else skipped.itertuples(index=False)):
+        console.print(Text.assemble(("warning:", "yellow"), f" {row.analysis} skipped: {row.reason}"), soft_wrap=True)
 
 
 def _ray_executor():
@@ -156,47 +166,132 @@ def plan_study(
     return planning.plan(config, tflops=tflops, mfu=mfu, chars_per_token=chars_per_token)
 
 
-def results_of(source: str | Path) -> pd.DataFrame:
-    """The published-schema results table of a study directory, or read from a CSV."""
+@dataclass(frozen=True)
+class Analysis:
+    """Every table of one study (or results CSV), and what they were computed from.
+
+    ``tables`` maps a stable name (also its CSV file name) to a table; ``results`` is the
+    published-schema results table under ``metric``; ``findings`` are the validity
+    sentences (warnings start with ``WARNING:``); ``settings`` the study's config, if any.
+    """
+
+    tables: dict[str, pd.DataFrame]
+    results: pd.DataFrame
+    metric: str
+    published_metric: str
+    findings: list[str]
+    settings: dict | None
+
+    @property
+    def warnings(self) -> list[str]:
+        return [line for line in self.findings if line.startswith("WARNING:")]
+
+
+def _study_settings(study_dir: Path) -> dict | None:
+    path = study_dir / "config.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _read_store(study_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The study's per-target scores and per-item predictions, read once."""
+    path = store_path(study_dir)
+    if not path.exists():
+        raise FileNotFoundError(f"{study_dir}: no {STORE_NAME} here; run the study first")
+    with ResultsStore(path) as store:
+        return store.scores(), store.item_predictions()
+
+
+def analysis_of(source: str | Path, *, metric: str | None = None) -> Analysis:
+    """Analyse a study directory (from its store) or a results CSV in the published schema.
+
+    ``metric``: the score transfer is computed from (:data:`donors.analysis.metrics.METRICS`);
+    default, a study's ``eval.metric`` (a CSV's table is used as it is). A study directory
+    also gets the validity check: option diagnostics, and the published metric beside the
+    bias-free one.
+    """
+    from donors.analysis.metrics import check_metric
+    from donors.analysis.results import load_results_table
+    from donors.analysis.study import StoredOutcomes, study_tables
     from donors.analysis.transfer import results_table
 
     source = Path(source)
+    if not source.is_dir():
+        if metric is not None:
+            raise ConfigError(f"--metric needs a study directory with stored predictions; {source} is a results table")
+        results = load_results_table(source)
+        tables = study_tables(results)
+        return Analysis(tables, results, "delta_score_norm", "delta_score_norm", [], None)
+    settings = _study_settings(source)
+    published = (settings or {}).get("eval", {}).get("metric", "acc")
+    metric = check_metric(metric or published)
+    scores, predictions = _read_store(source)
+    stored = StoredOutcomes(scores, predictions)
+    results = results_table(stored.target_scores(metric))
+    tables = study_tables(results, stored=stored, metric=metric, published_metric=published)
+    findings = tables["validity_findings"]["finding"].tolist() if "validity_findings" in tables else []
+    return Analysis(tables, results, metric, published, findings, settings)
+
+
+def probe_study(config: StudyConfig | str | Path, n_items: int, *, on_items=None) -> pd.DataFrame:
+    """Score ``n_items`` gold-balanced items per target with each base model, in each format (:mod:`donors.probe`)."""
+    from donors.probe import probe_base_models
+    from donors.tasks.data import load_study_data
+
+    config = load_config(config) if not isinstance(config, StudyConfig) else config
+    return probe_base_models(config, load_study_data(config), n_items, on_items=on_items)
+
+
+def results_of(source: str | Path, *, metric: str | None = None) -> pd.DataFrame:
+    """The published-schema results table of a study directory, or read from a CSV."""
+    source = Path(source)
     if source.is_dir():
-        path = store_path(source)
-        if not path.exists():
-            raise FileNotFoundError(f"{source}: no {STORE_NAME} here; run the study first")
-        with ResultsStore(path) as store:
-            return results_table(store.scores())
+        from donors.analysis.study import StoredOutcomes
+        from donors.analysis.transfer import results_table
+
+        # acc_norm leaves both stored scores where the published schema puts them (score: acc, score_norm: acc_norm).
+        return results_table(StoredOutcomes(*_read_store(source)).target_scores(metric or "acc_norm"))
     from donors.analysis.results import load_results_table
 
     return load_results_table(source)
 
 
-def analyze(source: str | Path, out_dir: str | Path | None = None) -> dict[str, pd.DataFrame]:
-    """Every analysis of a study (or published-schema CSV); tables saved as CSV under ``out_dir``."""
-    from donors.analysis.study import study_tables
+def _default_out(source: Path, suffix: str) -> Path:
+    return source / suffix if source.is_dir() else source.with_name(f"{source.stem}_{suffix}")
 
-    source = Path(source)
-    results = results_of(source)
-    tables = study_tables(results, study_dir=source if source.is_dir() else None)
-    out = Path(out_dir) if out_dir else (source / "analysis" if source.is_dir() else source.with_suffix("") .with_name(source.stem + "_analysis"))
+
+def analyze(source: str | Path, out_dir: str | Path | None = None, *, metric: str | None = None) -> Analysis:
+    """Every analysis of a study (or published-schema CSV); tables saved as CSV under ``out_dir``."""
     from donors.analysis.results import save_tables
 
-    save_tables(tables, out)
-    return tables
+    source = Path(source)
+    result = analysis_of(source, metric=metric)
+    save_tables(result.tables, Path(out_dir) if out_dir else _default_out(source, "analysis"))
+    return result
 
 
-def write_report(source: str | Path, out: str | Path | None = None) -> Path:
-    """Analyse and write one self-contained HTML report; returns its path."""
+def write_report(source: str | Path, out: str | Path | None = None, *, metric: str | None = None) -> Path:
+    """Analyse and write one self-contained HTML report; returns its path.
+
+    A study directory also gets ``transfer_results.csv``: the published schema, acc in the
+    ``score`` columns and acc_norm in ``score_norm``, whatever ``metric`` the report reads.
+    """
+    return _write_report(source, out, metric=metric)[0]
+
+
+def _write_report(source: str | Path, out: str | Path | None = None, *, metric: str | None = None) -> tuple[Path, Analysis]:
+    from donors.analysis.metrics import BIAS_FREE_METRIC
     from donors.report.html import build_report
 
     source = Path(source)
-    tables = analyze(source)
+    result = analyze(source, metric=metric)
     out = Path(out) if out else (source / "report.html" if source.is_dir() else source.with_suffix(".html"))
-    config_path = source / "config.json" if source.is_dir() else None
-    settings = json.loads(config_path.read_text()) if config_path and config_path.exists() else None
-    figures_dir = out.parent / "figures"
-    out.write_text(build_report(tables, settings=settings, title=(settings or {}).get("name", source.stem), figures_dir=figures_dir), encoding="utf-8")
-    results = results_of(source)
-    results.to_csv(out.with_name("transfer_results.csv") if source.is_dir() else out.with_suffix(".results.csv"), index=False)
-    return out
+    page = build_report(
+        result.tables, settings=result.settings, title=(result.settings or {}).get("name", source.stem), figures_dir=out.parent / "figures",
+        metric=result.metric, published_metric=result.published_metric, bias_free_metric=BIAS_FREE_METRIC,
+    )
+    out.write_text(page, encoding="utf-8")
+    if source.is_dir():
+        results_of(source).to_csv(out.with_name("transfer_results.csv"), index=False)
+    else:
+        result.results.to_csv(out.with_suffix(".results.csv"), index=False)
+    return out, result

@@ -23,11 +23,10 @@ from pathlib import Path
 import typer
 from rich.console import Console
 from rich.table import Table
-from rich.text import Text
 
 from donors import api
 from donors import plan as planning
-from donors.config import ConfigError
+from donors.errors import DonorsError
 
 app = typer.Typer(help="Controlled transfer studies of LoRA fine-tuning across tasks and languages.", no_args_is_help=True)
 console = Console(stderr=True)
@@ -39,15 +38,10 @@ def _fail(error: Exception) -> None:
 
 
 def _handled(call):
-    from donors.models import ModelError
-    from donors.store.lock import StudyLockedError
-    from donors.tasks.data import DataError
-    from donors.tasks.prompts import ChatTemplateError
-    from donors.tasks.registry import UnknownTaskError
-
+    """Run ``call``; an error the user can fix is printed with its fix, and the command exits 2."""
     try:
         return call()
-    except (ConfigError, DataError, UnknownTaskError, StudyLockedError, ModelError, ChatTemplateError, FileNotFoundError) as error:
+    except (DonorsError, FileNotFoundError) as error:
         _fail(error)
 
 
@@ -78,15 +72,10 @@ def plan(
     tflops: float = typer.Option(planning.DEFAULT_TFLOPS, "--tflops", help="peak dense TFLOP/s of one accelerator (default: H100 bf16)"),
     mfu: float = typer.Option(planning.DEFAULT_MFU, "--mfu", help="fraction of the peak actually sustained"),
     chars_per_token: float = typer.Option(planning.CHARS_PER_TOKEN, "--chars-per-token", help="characters per token when counting prompt tokens"),
+    probe: int = typer.Option(None, "--probe", min=1, help="also score N gold-balanced items per target with each base model, in each format"),
 ) -> None:
-    """Print the jobs, tokens and GPU-hours a config implies, without running anything."""
-    from donors.tasks.registry import UnknownTaskError
-
-    try:
-        # Not _handled: its error types import torch, which a plan never needs.
-        p = api.plan_study(config, tflops=tflops, mfu=mfu, chars_per_token=chars_per_token)
-    except (ValueError, UnknownTaskError, FileNotFoundError) as error:
-        _fail(error)
+    """Print the jobs, tokens and GPU-hours a config implies; with --probe, whether each base model can read its format."""
+    p = _handled(lambda: api.plan_study(config, tflops=tflops, mfu=mfu, chars_per_token=chars_per_token))
     out = Console()
     if not out.is_terminal:
         out = Console(width=160)
@@ -112,6 +101,25 @@ def plan(
     out.print(data)
     for line in p.assumptions():
         out.print(f"- {line}", highlight=False)
+    if probe:
+        _print_probe(config, probe, out)
+
+
+def _print_probe(config: Path, n_items: int, out: Console) -> None:
+    from donors.probe import probe_advice
+
+    study = _handled(lambda: api.load_config(config))
+    result = _handled(lambda: api.probe_study(study, n_items))
+    table = Table(title=f"base models on {n_items} gold-balanced items per target")
+    for column in ("model", "format", "target", "n", "accuracy", "debiased", "chance", "top option", "collapsed"):
+        table.add_column(column, justify="left" if column in ("model", "format", "target") else "right")
+    for r in result.itertuples():
+        collapsed = "[red]yes[/red]" if r.collapsed else "no"
+        table.add_row(r.model.rsplit("/", 1)[-1], r.format, r.target, str(r.n), f"{r.accuracy:.2f}", f"{r.debiased:.2f}",
+                      f"{r.chance:.2f}", f"{r.top_option} {r.top_share:.0%}", collapsed)
+    out.print(table)
+    for line in probe_advice(result, study.eval.prompt_format):
+        out.print(line, style="yellow" if line.startswith("WARNING") else "green", highlight=False)
 
 
 @app.command()
@@ -129,27 +137,27 @@ def status(config: Path) -> None:
         out.print(f"[red]{row.job_id}[/red] ({row.kind}, {row.attempts} attempt(s)): {row.error.splitlines()[0]}")
 
 
+METRIC_HELP = "the score transfer is computed from: acc, acc_norm, acc_debiased, gold_prob, gold_prob_raw, acc_perm, acc_perm_strict (default: the study's eval.metric)"
+
+
 @app.command()
 def analyze(source: Path = typer.Argument(..., help="a study directory, or a results CSV in the published schema"),
-            out: Path = typer.Option(None, help="directory for the CSV tables")) -> None:
-    """Run every analysis and save each table as CSV; warn of any analysis that could not run."""
-    from donors.analysis.published import SKIPPED_ANALYSES
-
-    tables = _handled(lambda: api.analyze(source, out))
-    skipped = tables.get(SKIPPED_ANALYSES)
-    skipped = [] if skipped is None else list(skipped.itertuples(index=False))
-    for row in skipped:
-        # Text, not markup: a reason may hold brackets; soft_wrap keeps each warning one line.
-        console.print(Text.assemble(("warning:", "yellow"), f" {row.analysis} skipped: {row.reason}"), soft_wrap=True)
-    note = f"; {len(skipped)} analyses skipped, listed in {SKIPPED_ANALYSES}" if skipped else ""
-    typer.echo(f"{len(tables)} tables written{note}")
+            out: Path = typer.Option(None, help="directory for the CSV tables"),
+            metric: str = typer.Option(None, "--metric", help=METRIC_HELP)) -> None:
+    """Run every analysis and save each table as CSV; print the validity findings and any analysis that could not run."""
+    analysis = _handled(lambda: api.analyze(source, out, metric=metric))
+    api.print_findings(analysis, console)
+    skipped = analysis.tables.get("skipped_analyses")
+    note = f"; {len(skipped)} analyses skipped, listed in skipped_analyses" if skipped is not None else ""
+    typer.echo(f"{len(analysis.tables)} tables written{note}")
 
 
 @app.command()
 def report(source: Path = typer.Argument(..., help="a study directory, or a results CSV in the published schema"),
-           out: Path = typer.Option(None, help="HTML file to write")) -> None:
+           out: Path = typer.Option(None, help="HTML file to write"),
+           metric: str = typer.Option(None, "--metric", help=METRIC_HELP)) -> None:
     """Write the self-contained HTML report and print its path."""
-    typer.echo(str(_handled(lambda: api.write_report(source, out))))
+    typer.echo(str(_handled(lambda: api.write_report(source, out, metric=metric))))
 
 
 @app.command()

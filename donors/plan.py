@@ -18,7 +18,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from donors.config import StudyConfig, TaskSpec
+from donors.config import ConfigError, StudyConfig, TaskSpec
 from donors.jobs import cells
 from donors.tasks.data import DataError, subsample
 from donors.tasks.item import Item
@@ -177,7 +177,7 @@ def params_billions(model: str) -> tuple[float, str]:
 def gpu_hours(flops: float, tflops: float = DEFAULT_TFLOPS, mfu: float = DEFAULT_MFU) -> float:
     """Hours of one accelerator sustaining ``mfu`` of a ``tflops`` peak."""
     if tflops <= 0 or not 0 < mfu <= 1:
-        raise ValueError(f"need tflops > 0 and 0 < mfu <= 1, got {tflops} and {mfu}")
+        raise ConfigError(f"--tflops must be > 0 and --mfu in (0, 1], got {tflops} and {mfu}")
     return flops / (tflops * 1e12 * mfu) / 3600
 
 
@@ -261,7 +261,7 @@ def task_sizes(spec: TaskSpec, config: StudyConfig, chars_per_token: float = CHA
 def plan(config: StudyConfig, *, tflops: float = DEFAULT_TFLOPS, mfu: float = DEFAULT_MFU, chars_per_token: float = CHARS_PER_TOKEN) -> StudyPlan:
     """Job counts, tokens, FLOPs and GPU-hours per model, without loading a model or data from the hub."""
     if chars_per_token <= 0:
-        raise ValueError(f"chars_per_token must be positive, got {chars_per_token}")
+        raise ConfigError(f"--chars-per-token must be positive, got {chars_per_token}")
     gpu_hours(0.0, tflops, mfu)
     sizes = tuple(task_sizes(spec, config, chars_per_token) for spec in config.tasks)
     n_sources = n_targets = len(cells(config))

@@ -7,6 +7,16 @@ from dataclasses import dataclass, field
 from donors.grid import Cell
 
 
+COLLAPSE_SHARE = 0.8
+"""A (model state, target) whose most-predicted option takes this share of its items is *collapsed*."""
+
+
+def top_share(predicted_counts) -> float:
+    """The share of items answered with the most-predicted option (nan for none)."""
+    total = sum(predicted_counts)
+    return max(predicted_counts) / total if total else float("nan")
+
+
 @dataclass(frozen=True)
 class ModelState:
     """A model as evaluated: the base model, or the base plus one source's adapter for one seed.
@@ -94,6 +104,15 @@ class TargetScore:
     accuracy_norm: float
     predicted_counts: tuple[int, ...] = ()
     gold_counts: tuple[int, ...] = ()
+
+    @property
+    def top_share(self) -> float:
+        return top_share(self.predicted_counts)
+
+    @property
+    def collapsed(self) -> bool:
+        """One option takes at least :data:`COLLAPSE_SHARE` of the predictions: the state answers by position."""
+        return self.top_share >= COLLAPSE_SHARE
 
 
 @dataclass(frozen=True)

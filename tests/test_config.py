@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from donors.config import ConfigError, load_config
+from donors.config import ConfigError, config_from_dict, load_config
 
 GOOD = """
 name: t
@@ -78,3 +78,16 @@ def test_a_task_can_have_its_own_training_length(tmp_path):
     assert config.recipe()["tasks"][0]["max_length"] == 64 and plain.recipe_hash() != config.recipe_hash()
     with pytest.raises(ConfigError, match=r"tasks\.0\.max_length"):
         load_config(write(tmp_path, text.replace("max_length: 64", "max_length: 2")))
+
+
+def test_training_and_evaluation_formats_must_agree_unless_the_config_says_so():
+    base = {"models": ["smollm2-135m"], "tasks": ["number_words"]}
+    assert config_from_dict({**base, "eval": {"prompt_format": "continuation"}}).train_format == "continuation"
+    with pytest.raises(ConfigError, match="train.prompt_format is 'lettered' but eval.prompt_format is 'continuation'.*allow_format_mismatch"):
+        config_from_dict({**base, "train": {"prompt_format": "lettered"}, "eval": {"prompt_format": "continuation"}})
+    mixed = config_from_dict({**base, "train": {"prompt_format": "lettered", "allow_format_mismatch": True}, "eval": {"prompt_format": "continuation"}})
+    assert mixed.train_format == "lettered" and mixed.recipe()["train"]["prompt_format"] == "lettered"
+    with pytest.raises(ConfigError, match="eval: .*permutations apply to the lettered format"):
+        config_from_dict({**base, "eval": {"prompt_format": "continuation", "permutations": "cyclic"}})
+    # Options at their defaults leave the recipe as older stores recorded it.
+    assert "prompt_format" not in config_from_dict(base).recipe()["train"] and "permutations" not in config_from_dict(base).recipe()["eval"]

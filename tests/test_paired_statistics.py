@@ -20,9 +20,10 @@ from donors.analysis.paired import (
     regime_summary_by_model,
     transfer_asymmetry,
 )
-from donors.analysis.study import stored_item_level_tables
+from donors.analysis.study import StoredOutcomes
 from donors.grid import Cell
-from donors.records import ItemPrediction, ModelState, TargetScore
+from donors.evaluate import target_result
+from donors.records import ItemPrediction, ModelState
 from donors.store import ResultsStore
 
 MODEL = "toy-1b"
@@ -30,7 +31,7 @@ EN, DE = ("qa", "en"), ("qa", "de")
 
 
 def outcome_rows(correct, target, source=None, seed=None, model=MODEL) -> pd.DataFrame:
-    """One model state's outcomes on one target, in the shape of ResultsStore.item_outcomes()."""
+    """One model state's outcomes on one target, in the shape of donors.analysis.metrics.item_scores()."""
     correct = np.asarray(correct, dtype=int)
     return pd.DataFrame({
         "model": model,
@@ -42,7 +43,7 @@ def outcome_rows(correct, target, source=None, seed=None, model=MODEL) -> pd.Dat
         "item_id": [f"item{i:04d}" for i in range(len(correct))],
         "gold": 0,
         "predicted": 1 - correct,
-        "correct": correct,
+        "score": correct,
     })
 
 
@@ -223,9 +224,12 @@ def test_item_level_tables_from_a_store(tmp_path: Path):
              ("en", "en"): changed(base["en"], improve=5), ("de", "de"): changed(base["de"], improve=2)}
 
     def write(store, state, lang, correct):
-        predictions = [ItemPrediction("qa", lang, f"item{i:03d}", 0, 1 - int(c), (0.0, 0.0)) for i, c in enumerate(correct)]
-        accuracy = float(np.mean(correct))
-        store.add_target_result(state, TargetScore("qa", lang, n, accuracy, accuracy), predictions)
+        predictions = [ItemPrediction("qa", lang, f"item{i:03d}", 0, 1 - int(c), (0.0, -1.0) if c else (-1.0, 0.0), 1 - int(c)) for i, c in enumerate(correct)]
+        store.add_target_result(state, target_result(predictions))
+
+    def stored_item_level_tables(path):
+        with ResultsStore(path / "results.sqlite") as store:
+            return item_level_tables(StoredOutcomes(store.scores(), store.item_predictions()).item_scores("acc"))
 
     assert stored_item_level_tables(tmp_path) == {}
     with ResultsStore(tmp_path / "results.sqlite") as store:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import sqlite3
@@ -13,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from rich.console import Console
 
 from donors import api
 from donors.grid import Cell, Regime
@@ -38,12 +40,60 @@ def write_config(directory: Path, **overrides) -> Path:
     return path
 
 
+def run_logged(config: Path, **kwargs) -> tuple[Path, str]:
+    """``api.run_study`` with what it prints captured."""
+    buffer = io.StringIO()
+    path = api.run_study(config, console=Console(file=buffer, width=400), **kwargs)
+    return path, buffer.getvalue()
+
+
 @pytest.fixture(scope="module")
-def finished_study(tmp_path_factory) -> tuple[Path, Path]:
+def finished_run(tmp_path_factory) -> tuple[Path, Path, str]:
+    """The tiny study in the published lettered format, on which SmolLM2 answers one letter for everything."""
     directory = tmp_path_factory.mktemp("tiny")
     config = write_config(directory)
-    report = api.run_study(config)
-    return config, report
+    report, log = run_logged(config)
+    return config, report, log
+
+
+@pytest.fixture(scope="module")
+def finished_study(finished_run) -> tuple[Path, Path]:
+    return finished_run[:2]
+
+
+def donors_command(*args: str) -> subprocess.CompletedProcess:
+    """The installed console script, as a user runs it (its bin folder first on the import path)."""
+    return subprocess.run([str(Path(sys.executable).parent / "donors"), *args], capture_output=True, text=True, timeout=600)
+
+
+def test_a_collapsed_base_is_named_before_training_and_in_the_findings(finished_run):
+    _, report, log = finished_run
+    warning = log.index("answers one option for >= 80% of the items")
+    assert warning < log.index("adapter(s) to train"), "the collapse must be said before any training"
+    assert "eval.prompt_format: continuation" in log[warning:]
+    assert "WARNING:" in log[log.index("analyse"):] and "pairs are collapsed" in log
+    page = report.read_text()
+    assert page.index("Validity") < page.index("Summary") and "pairs are collapsed" in page
+    command = donors_command("analyze", str(report.parent), "--metric", "acc_debiased")
+    assert command.returncode == 0, command.stderr
+    assert "pairs are collapsed" in command.stderr and "tables written" in command.stdout
+    cells = pd.read_csv(report.parent / "analysis" / "paired_transfer_cells.csv")
+    diagnostics = pd.read_csv(report.parent / "analysis" / "option_diagnostics.csv")
+    assert diagnostics["collapsed"].any() and len(cells) == 4 * N_TARGETS
+    refused = donors_command("analyze", str(report.parent), "--metric", "nonsense")
+    assert refused.returncode == 2 and "unknown metric 'nonsense'" in refused.stderr
+
+
+def test_a_continuation_study_trains_on_option_texts_and_is_not_collapsed(tmp_path):
+    config = write_config(tmp_path, eval={"max_items": 8, "chat_template": False, "prompt_format": "continuation"})
+    report, log = run_logged(config)
+    assert "answers one option" not in log
+    assert "No (model state, target) pair is collapsed" in log
+    diagnostics = pd.read_csv(report.parent / "analysis" / "option_diagnostics.csv")
+    assert not diagnostics["collapsed"].any()
+    # 8 items per target, two at each gold position, the same ids in both languages.
+    gold = diagnostics["gold"].unique().tolist()
+    assert gold == ["A 2 / B 2 / C 2 / D 2"]
 
 
 def store_rows(study_dir: Path, table: str) -> pd.DataFrame:

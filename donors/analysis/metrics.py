@@ -26,10 +26,13 @@ No extra forward pass is needed for the first four. Everything is computed from
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 import pandas as pd
 
 from donors.errors import DonorsError
+from donors.records import ItemPrediction, ModelState
 
 STATE_KEYS = ["model", "seed", "source_task", "source_language"]
 TARGET_KEYS = ["target_task", "target_language"]
@@ -61,6 +64,17 @@ def check_metric(metric: str) -> str:
     if metric not in METRICS:
         raise MetricError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
     return metric
+
+
+def predictions_frame(state: ModelState, predictions: Sequence[ItemPrediction]) -> pd.DataFrame:
+    """Prediction records of one model state in the shape of :meth:`~donors.store.ResultsStore.item_predictions`."""
+    return pd.DataFrame({
+        "model": state.model, "seed": state.seed, "source_task": state.source_task, "source_language": state.source_language,
+        "target_task": [p.target_task for p in predictions], "target_language": [p.target_language for p in predictions],
+        "item_id": [p.item_id for p in predictions], "rotation": [p.rotation for p in predictions],
+        "gold": [p.gold for p in predictions], "predicted": [p.predicted for p in predictions],
+        "predicted_norm": [p.predicted_norm for p in predictions], "logprobs": [list(p.logprobs) for p in predictions],
+    })
 
 
 def _logprob_matrix(logprobs: pd.Series) -> np.ndarray:

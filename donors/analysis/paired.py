@@ -431,6 +431,12 @@ def regime_summary_by_model(results: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(frames, names=[MODEL])
 
 
+def paired_statistics(outcomes: pd.DataFrame, *, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05) -> tuple[PairedBootstrap, pd.DataFrame]:
+    """The bootstrap (:func:`paired_bootstrap`) and the tests (:func:`paired_significance`) from one pass over the outcomes."""
+    blocks = _task_blocks(outcomes)
+    return _bootstrap(blocks, n_boot, seed), _significance(blocks, alpha)
+
+
 def item_level_tables(
     outcomes: pd.DataFrame, *, n_boot: int = 1000, seed: int = 0, level: float = 0.95, alpha: float = 0.05, top: int = 10
 ) -> dict[str, pd.DataFrame]:
@@ -440,11 +446,9 @@ def item_level_tables(
     ``significant_transfers``: the transfer cells (MT-ML excluded) with q < ``alpha``;
     ``transfer_asymmetry`` and ``most_asymmetric_pairs``: see :func:`transfer_asymmetry`.
     """
-    blocks = _task_blocks(outcomes)
-    if not blocks:
+    bootstrap, tested = paired_statistics(outcomes, n_boot=n_boot, seed=seed, alpha=alpha)
+    if bootstrap.cells.empty:
         return {}
-    bootstrap = _bootstrap(blocks, n_boot, seed)
-    tested = _significance(blocks, alpha)
     extra = ["n_improved", "n_worsened", "test", "p_value", "q_value", "significant"]
     cells = bootstrap.intervals(level).merge(tested[CELL_KEYS + extra], on=CELL_KEYS, how="left", validate="one_to_one")
     significant = cells[cells["significant"].fillna(False).astype(bool) & (cells[REGIME] != MT_ML)]

@@ -15,6 +15,8 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from donors.errors import DonorsError
+
 from donors.analysis.constants import (
     CT_CL,
     CT_ML,
@@ -44,7 +46,7 @@ from donors.analysis.constants import (
 )
 
 
-class ResultsTableError(ValueError):
+class ResultsTableError(DonorsError, ValueError):
     """A results table does not follow the published schema (protocol section 8)."""
 
 

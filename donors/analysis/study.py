@@ -1,24 +1,51 @@
-"""All tables for one study: the published analyses, the transfer matrix per model and, for a study directory, the item-level statistics."""
+"""All tables for one study: the published analyses, the transfer matrix per model and, for a
+study's stored predictions, the validity check and the item-level statistics.
+
+Pure: every input is a table handed in (the API reads the store once and passes it here).
+"""
 
 from __future__ import annotations
 
 import functools
-from pathlib import Path
+from dataclasses import dataclass
+from typing import Callable
 
 import pandas as pd
 
-from donors.analysis.paired import item_level_tables, regime_summary_by_model
-from donors.analysis.published import (
-    SKIPPED_ANALYSES,
-    run_analysis,
-    run_published_analyses,
-    skipped_table,
+from donors.analysis.metrics import BIAS_FREE_METRIC, item_scores, target_scores
+from donors.analysis.paired import item_level_tables, paired_statistics, regime_summary_by_model
+from donors.analysis.published import SKIPPED_ANALYSES, run_analysis, run_published_analyses, skipped_table
+from donors.analysis.transfer import TransferMatrix, results_table
+from donors.analysis.validity import (
+    collapse_summary,
+    option_diagnostics,
+    own_cell_gains,
+    pooled_regime_intervals,
+    regime_means,
+    validity_findings,
 )
-from donors.analysis.transfer import TransferMatrix
 
 
-def _transfer_matrix_name(model: str) -> str:
-    return f"transfer_matrix__{model.replace('/', '__')}"
+@dataclass(frozen=True)
+class StoredOutcomes:
+    """What a study's store holds for analysis: per-target scores and per-item predictions.
+
+    ``scores`` is :meth:`~donors.store.ResultsStore.scores`, ``predictions``
+    :meth:`~donors.store.ResultsStore.item_predictions`.
+    """
+
+    scores: pd.DataFrame
+    predictions: pd.DataFrame
+
+    def target_scores(self, metric: str) -> pd.DataFrame:
+        return target_scores(self.scores, self.predictions, metric)
+
+    def item_scores(self, metric: str) -> pd.DataFrame:
+        return item_scores(self.predictions, metric)
+
+
+def _model_key(model: str) -> str:
+    return model.replace("/", "__")
 
 
 def _transfer_matrix(results: pd.DataFrame, model: str) -> pd.DataFrame:
@@ -27,53 +54,76 @@ def _transfer_matrix(results: pd.DataFrame, model: str) -> pd.DataFrame:
     return matrix.rename_axis("source").rename_axis(None, axis=1)
 
 
-def transfer_matrices(results: pd.DataFrame) -> dict[str, pd.DataFrame]:
+def transfer_matrices(results: pd.DataFrame, prefix: str = "transfer_matrix") -> dict[str, pd.DataFrame]:
     """One sources x targets table (pp) per model, the first column naming the source."""
-    return {
-        _transfer_matrix_name(model): _transfer_matrix(results, model)
-        for model in sorted(results["model_name"].unique())
-    }
+    return {f"{prefix}__{_model_key(model)}": _transfer_matrix(results, model) for model in sorted(results["model_name"].unique())}
 
 
-def study_tables(results: pd.DataFrame, study_dir: Path | None = None) -> dict[str, pd.DataFrame]:
+def study_tables(
+    results: pd.DataFrame,
+    *,
+    stored: StoredOutcomes | None = None,
+    metric: str | None = None,
+    published_metric: str = "acc_norm",
+    bias_free_metric: str = BIAS_FREE_METRIC,
+) -> dict[str, pd.DataFrame]:
     """Every table the report shows, keyed by a stable name (also the CSV file name).
+
+    ``results`` is the published-schema table under ``metric``. With ``stored`` (a study's own
+    predictions) come the validity tables (option diagnostics, the published metric beside
+    the bias-free one, ``validity_findings``) and the item-level statistics under ``metric``.
 
     Each analysis runs on its own: one that raises is left out and listed, with its reason,
     in the last table ``skipped_analyses`` (columns analysis, reason), which is there only
     when something was skipped (see :func:`run_published_analyses`).
     """
     tables = run_published_analyses(results)
-    skipped = tables.pop(SKIPPED_ANALYSES, skipped_table([]))
-    skipped = list(skipped.itertuples(index=False, name=None))
-    extra = {
-        _transfer_matrix_name(model): functools.partial(_transfer_matrix, results, model)
-        for model in sorted(results["model_name"].unique())
-    }
-    extra["regime_summary_by_model"] = functools.partial(regime_summary_by_model, results)
-    for name, compute in extra.items():
+    skipped = list(tables.pop(SKIPPED_ANALYSES, skipped_table([])).itertuples(index=False, name=None))
+
+    def run(name: str, compute: Callable[[], pd.DataFrame]) -> None:
         table = run_analysis(name, compute, skipped)
         if table is not None:
             tables[name] = table
-    if study_dir is not None:
-        read = functools.partial(stored_item_level_tables, Path(study_dir))
-        item_level = run_analysis("item_level_tables", read, skipped)
-        tables.update(item_level or {})
+
+    for model in sorted(results["model_name"].unique()):
+        run(f"transfer_matrix__{_model_key(model)}", functools.partial(_transfer_matrix, results, model))
+    run("regime_summary_by_model", functools.partial(regime_summary_by_model, results))
+    if stored is not None:
+        tables.update(run_analysis("validity", lambda: validity_tables(stored, published_metric, bias_free_metric), skipped) or {})
+        tables.update(run_analysis("item_level_tables", lambda: item_level_tables(stored.item_scores(metric or published_metric)), skipped) or {})
     if skipped:
         tables[SKIPPED_ANALYSES] = skipped_table(skipped)
     return tables
 
 
-def stored_item_level_tables(study_dir: Path) -> dict[str, pd.DataFrame]:
-    """The item-level tables of a study directory's store; none when it has no store.
+def validity_tables(stored: StoredOutcomes, published: str, bias_free: str) -> dict[str, pd.DataFrame]:
+    """Is the transfer about content? Option diagnostics, and each metric's story per regime.
 
-    Only read: the store is opened for its item outcomes and closed again.
+    ``metric_comparison``: mean Δ per regime under the published metric, the bias-free one and
+    gold_prob; ``pooled_regime_intervals`` and ``own_cell_gains`` under the first two;
+    ``published_matrix__<model>`` and ``bias_free_matrix__<model>`` side by side;
+    ``validity_findings``: the sentences the report opens with.
     """
-    from donors.api import STORE_NAME
-    from donors.store import ResultsStore
-
-    path = study_dir / STORE_NAME
-    if not path.exists():
-        return {}
-    with ResultsStore(path) as store:
-        outcomes = store.item_outcomes()
-    return item_level_tables(outcomes)
+    diagnostics = option_diagnostics(stored.scores)
+    collapse = collapse_summary(diagnostics)
+    tables = {"option_diagnostics": diagnostics, "collapse_summary": collapse}
+    adapted = stored.scores["source_task"].notna().any()
+    if not adapted:
+        tables["validity_findings"] = pd.DataFrame({"finding": validity_findings(collapse, pd.DataFrame(), published, bias_free)})
+        return tables
+    metrics = list(dict.fromkeys([published, bias_free, "gold_prob"]))
+    results = {m: results_table(stored.target_scores(m)) for m in metrics}
+    means = regime_means(results)
+    pooled, own = {}, {}
+    for m in (published, bias_free):
+        bootstrap, tested = paired_statistics(stored.item_scores(m))
+        pooled[m] = pooled_regime_intervals(bootstrap.cells, bootstrap.replicates)
+        own[m] = own_cell_gains(tested)
+    tables["metric_comparison"] = means
+    tables["pooled_regime_intervals"] = pd.concat(pooled, names=["metric", None]).reset_index(level=0).reset_index(drop=True)
+    tables["own_cell_gains"] = pd.concat(own, names=["metric", None]).reset_index(level=0).reset_index(drop=True)
+    tables.update(transfer_matrices(results[published], "published_matrix"))
+    tables.update(transfer_matrices(results[bias_free], "bias_free_matrix"))
+    findings = validity_findings(collapse, means, published, bias_free, pooled, own)
+    tables["validity_findings"] = pd.DataFrame({"finding": findings})
+    return tables

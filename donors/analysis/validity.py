@@ -16,10 +16,9 @@ import pandas as pd
 from donors.analysis.constants import DELTA, REGIME, REGIMES
 from donors.analysis.metrics import PAIR_KEYS
 from donors.grid import regime_labels
+from donors.records import COLLAPSE_SHARE
 from donors.tasks.item import LETTERS
 
-COLLAPSE_SHARE = 0.8
-"""A (model state, target) whose most-predicted option takes this share of its items is collapsed."""
 DISAGREEMENT_RATIO = 0.5
 """Two metrics disagree on a regime when their mean Δ differ in sign or the smaller is under this share of the larger."""
 

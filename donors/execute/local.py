@@ -18,6 +18,7 @@ from donors.execute.work import describe, evaluate_states, train_adapter
 from donors.grid import Cell
 from donors.jobs import EvalJob, model_states
 from donors.models import load_model
+from donors.records import COLLAPSE_SHARE, top_share
 from donors.store import ResultsStore
 from donors.tasks.data import StudyData
 
@@ -71,10 +72,12 @@ class LocalExecutor:
                 progress.remove_task(bar)
                 progress.advance(overall)
 
-    def evaluate(self, model: str) -> None:
-        work = pending_eval_work(self.config, self.store, model_states(self.config, model))
+    def evaluate(self, model: str, *, base_only: bool = False) -> None:
+        states = model_states(self.config, model)[:1] if base_only else model_states(self.config, model)
+        work = pending_eval_work(self.config, self.store, states)
         n_pairs = sum(len(targets) for _, _, targets in work)
-        self.console.print(f"[bold]evaluate[/bold] {model}: {n_pairs} (model state, target) pair(s) to score")
+        what = "base model: " if base_only else ""
+        self.console.print(f"[bold]evaluate[/bold] {model}: {what}{n_pairs} (model state, target) pair(s) to score")
         if not work:
             return
         with _progress(self.console) as progress:
@@ -96,7 +99,24 @@ class LocalExecutor:
             )
         self.console.print(f"  scored {n_pairs} pair(s) of {model}")
 
+    def warn_if_collapsed(self, model: str) -> None:
+        """Say, before any training, that the base model answers by position on some targets."""
+        scores = self.store.scores()
+        base = scores[(scores["model"] == model) & scores["source_task"].isna()]
+        collapsed = [f"{r.target_task}/{r.target_language}" for r in base.itertuples() if top_share(r.predicted_counts) >= COLLAPSE_SHARE]
+        if collapsed:
+            remedy = "eval.prompt_format: continuation" if self.config.eval.prompt_format == "lettered" else "another model or prompt"
+            self.console.print(
+                f"[yellow]warning:[/yellow] the base model {model} answers one option for >= {COLLAPSE_SHARE:.0%} of the items on "
+                f"{len(collapsed)} of {len(base)} targets ({', '.join(collapsed[:6])}{', ...' if len(collapsed) > 6 else ''}): "
+                f"its scores measure a preferred position, and its adapters may learn one. Remedy: {remedy} "
+                "(the option texts scored after the question; `donors plan CONFIG --probe 32` compares the formats)."
+            )
+
     def run(self) -> None:
         for model in self.config.models:
+            # The base first: whether it can read the format at all is known before any training.
+            self.evaluate(model, base_only=True)
+            self.warn_if_collapsed(model)
             self.train(model)
             self.evaluate(model)

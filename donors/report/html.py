@@ -26,7 +26,8 @@ h1{margin-bottom:.2em} h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margi
 table{border-collapse:collapse;font-size:.85em;margin:.5em 0}
 td,th{border:1px solid #ddd;padding:.25em .5em;text-align:right} th{background:#f5f5f5}
 img{max-width:100%} .note{color:#555;font-size:.9em} pre{background:#f7f7f7;padding:.7em;overflow-x:auto;font-size:.8em}
-.wide{overflow-x:auto;max-width:100%}
+.wide{overflow-x:auto;max-width:100%} .pair{display:flex;gap:1em;flex-wrap:wrap} .pair img{max-width:49%}
+.validity li.warn{color:#a40000;font-weight:600} .validity li.ok{color:#1a5e20}
 """
 
 
@@ -112,6 +113,66 @@ def _significance_sections(tables: dict[str, pd.DataFrame], figure_path) -> list
     return parts
 
 
+def _section(title: str, *body: str, note: str = "", level: int = 2) -> list[str]:
+    """One titled section of the page: heading, an optional note, then its parts."""
+    parts = [f"<h{level}>{html.escape(title)}</h{level}>"]
+    if note:
+        parts.append(f"<p class='note'>{html.escape(note)}</p>")
+    return parts + list(body)
+
+
+def _validity_sections(tables: dict[str, pd.DataFrame], figure_path, published: str, bias_free: str) -> list[str]:
+    """The report's opening: is the study's transfer about content or about option preference?"""
+    findings = tables.get("validity_findings")
+    if findings is None:
+        return []
+    items = "".join(
+        f"<li class='{'warn' if line.startswith('WARNING:') else 'ok'}'>{html.escape(line)}</li>" for line in findings["finding"]
+    )
+    parts = _section(
+        "Validity: does this measure what the models learnt?",
+        f"<ul class='validity'>{items}</ul>",
+        note="A (model state, target) is collapsed when one option takes at least 80% of its predictions: its published "
+        "score then measures a preferred position. The bias-free metric divides each state's position prior out of its "
+        "own choice probabilities (no extra forward pass); where it and the published metric disagree, the published "
+        "figure is letter preference.",
+    )
+    for name, title in (("metric_comparison", "Mean Δ (pp) per regime under each metric"),
+                        ("pooled_regime_intervals", "Pooled Δ per regime with 95% paired bootstrap intervals"),
+                        ("own_cell_gains", "Sources that improve their own cell (MT-ML) significantly"),
+                        ("collapse_summary", "Collapsed (model state, target) pairs")):
+        frame = tables.get(name)
+        if frame is not None and not frame.empty:
+            parts += _section(title, _table(frame), level=3)
+    for name, matrix in tables.items():
+        if not name.startswith("published_matrix__"):
+            continue
+        model = name.split("__", 1)[1]
+        other = tables.get(f"bias_free_matrix__{model}")
+        if matrix.empty or other is None or other.empty:
+            continue
+        parts += _section(
+            f"{model}: published and bias-free transfer side by side",
+            "<div class='pair'>",
+            _png(transfer_heatmap(matrix, title=f"{published} Δ (pp)"), figure_path(f"transfer_matrix__{model}__{published}")),
+            _png(transfer_heatmap(other, title=f"{bias_free} Δ (pp)"), figure_path(f"transfer_matrix__{model}__{bias_free}")),
+            "</div>",
+            level=3,
+        )
+    diagnostics = tables.get("option_diagnostics")
+    if diagnostics is not None and not diagnostics.empty:
+        parts += ["<details><summary>Predicted and gold options per (model state, target)</summary>", _table(diagnostics), "</details>"]
+    return parts
+
+
+def _skipped_sections(tables: dict[str, pd.DataFrame]) -> list[str]:
+    skipped = tables.get("skipped_analyses")
+    if skipped is None or skipped.empty:
+        return []
+    rows = "".join(f"<li><b>{html.escape(str(r.analysis))}</b>: {html.escape(str(r.reason))}</li>" for r in skipped.itertuples())
+    return _section("Analyses that could not run", f"<ul>{rows}</ul>", note="Every other analysis ran; these say why they did not.")
+
+
 def _summary(tables: dict[str, pd.DataFrame]) -> list[str]:
     """A few plain sentences: the strongest donor, recipient, and the worst harm."""
     lines = []
@@ -152,9 +213,17 @@ def _summary(tables: dict[str, pd.DataFrame]) -> list[str]:
 
 
 def build_report(
-    tables: dict[str, pd.DataFrame], *, settings: dict | None = None, title: str = "Transfer study", figures_dir: Path | None = None
+    tables: dict[str, pd.DataFrame],
+    *,
+    settings: dict | None = None,
+    title: str = "Transfer study",
+    figures_dir: Path | None = None,
+    metric: str = "delta_score_norm (the published score)",
+    published_metric: str = "published",
+    bias_free_metric: str = "bias-free",
 ) -> str:
-    """The report page; with ``figures_dir`` each figure is also written there as a PNG."""
+    """The report page, in outline: validity, summary, settings, regimes, matrices, roles, item-level
+    significance, the remaining tables. With ``figures_dir`` each figure is also written there as a PNG."""
 
     def figure_path(name: str) -> Path | None:
         return figures_dir / f"{name}.png" if figures_dir is not None else None
@@ -163,11 +232,11 @@ def build_report(
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
         f"<title>{html.escape(title)} — donors report</title><style>{STYLE}</style></head><body>",
         f"<h1>{html.escape(title)}</h1>",
-        f"<p class='note'>Transfer = 100 × (fine-tuned score − base score), in percentage points (pp). "
-        f"Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC by donors.</p>",
-        "<h2>Summary</h2><ul>",
-        *[f"<li>{html.escape(line)}</li>" for line in _summary(tables)],
-        "</ul>",
+        f"<p class='note'>Transfer = 100 × (fine-tuned score − base score), in percentage points (pp), under the metric "
+        f"{html.escape(metric)}. Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC by donors.</p>",
+        *_validity_sections(tables, figure_path, published_metric, bias_free_metric),
+        *_section("Summary", "<ul>", *[f"<li>{html.escape(line)}</li>" for line in _summary(tables)], "</ul>"),
+        *_skipped_sections(tables),
     ]
     if settings:
         grid = {k: settings.get(k) for k in ("models", "languages", "seeds")}
@@ -200,7 +269,8 @@ def build_report(
     parts += _significance_sections(tables, figure_path)
     shown = {
         "regime_summary", "regime_summary_by_model", "language_donor_recipient", "task_donor_recipient",
-        "significant_transfers", "most_asymmetric_pairs",
+        "significant_transfers", "most_asymmetric_pairs", "validity_findings", "metric_comparison", "pooled_regime_intervals",
+        "own_cell_gains", "collapse_summary", "option_diagnostics", "skipped_analyses",
     }
     if _has_values(tables.get("variance_decomposition_all")):
         shown.add("variance_decomposition_all")
@@ -214,7 +284,7 @@ def build_report(
                   "<p class='note'>How alike models rank the recipients of a source: the mean Kendall τ-b over pairs of models, "
                   "per source; its median and quartiles over sources, per regime.</p>",
                   _table(tables["consistency_by_model"], 3)]
-    rest = [k for k in tables if k not in shown and not k.startswith("transfer_matrix__")]
+    rest = [k for k in tables if k not in shown and not k.startswith(("transfer_matrix__", "published_matrix__", "bias_free_matrix__"))]
     if rest:
         parts.append("<h2>All tables</h2>")
         for name in rest:
