@@ -9,3 +9,23 @@ from __future__ import annotations
 
 class DonorsError(Exception):
     """A study, a table or an input that cannot be used as it is; the message says how to fix it."""
+
+
+def describe_validation_error(error, heading: str, *, noun: str = "field") -> str:
+    """A pydantic ``ValidationError`` as ``heading`` and one line per problem: where, what is wrong, the value given.
+
+    ``noun`` names what the keys are to the user ("field" of a config, "option" of a task).
+    """
+    lines = [heading]
+    for problem in error.errors():
+        where = ".".join(str(part) for part in problem["loc"]) or "(top level)"
+        value = problem.get("input")
+        shown = "" if isinstance(value, dict) or problem["type"] == "missing" else f" (got {value!r})"
+        if problem["type"] == "extra_forbidden":
+            message = f"unknown {noun}; check its spelling against the documented {noun}s"
+        elif problem["type"] == "missing":
+            message = f"required {noun} is missing"
+        else:
+            message = problem["msg"].removeprefix("Value error, ")
+        lines.append(f"  - {where}: {message}{shown}")
+    return "\n".join(lines)

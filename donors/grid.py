@@ -8,6 +8,10 @@ from dataclasses import dataclass
 import numpy as np
 
 
+STUDY_LANGUAGES = ("ar", "bn", "de", "en", "es", "fr", "hi", "id", "it", "pt", "zh")
+"""The published grid's eleven languages, in the order its tables use."""
+
+
 @dataclass(frozen=True, order=True)
 class Cell:
     """One (task, language) pair: a source when trained on, a target when evaluated on."""

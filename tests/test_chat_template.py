@@ -15,6 +15,8 @@ from donors.models import load_model, load_tokenizer
 from donors.tasks.item import Item
 from donors.tasks.prompts import ChatTemplateError, build_requests, continuation_prompt, encode_example, lettered_prompt, render_prompt, training_text
 
+pytestmark = pytest.mark.slow  # trains or scores a real model
+
 MODEL = "smollm2-135m"
 ITEMS = [
     Item("q1", "toy", "en", "Question: Which planet is closest to the Sun?", ("Venus", "Mercury", "Mars", "Earth"), 1),

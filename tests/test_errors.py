@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import yaml
 from typer.testing import CliRunner
 
@@ -35,7 +37,7 @@ def test_a_language_the_task_lacks_is_named_before_any_training(tmp_path):
         (data / language).mkdir(parents=True)
         for split, ids in (("train", range(0, 6)), ("test", range(6, 10))):
             rows = [{"id": str(i), "text": f"sentence {i}", "label": "yes" if i % 2 else "no"} for i in ids]
-            (data / language / f"{split}.jsonl").write_text("\n".join(__import__("json").dumps(r) for r in rows))
+            (data / language / f"{split}.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
     task = {"name": "yesno", "options": {"source": "files", "path": str(data / "{language}" / "{split}.jsonl"),
                                          "columns": {"id": "id", "question": "text", "answer": "label"},
                                          "labels": ["yes", "no"], "answer_type": "label", "languages": ["en", "de"]}}

@@ -12,7 +12,7 @@ def test_regimes_of_every_kind():
 
 
 def test_regime_counts_match_the_published_grid_shape():
-    # 4 tasks x 11 languages: per source 1 MT-ML, 10 MT-CL, 3 CT-ML, 30 CT-CL (paper-protocol §5).
+    # 4 tasks x 11 languages: per source 1 MT-ML, 10 MT-CL, 3 CT-ML, 30 CT-CL (docs/protocol.md section 5).
     grid = [Cell(t, l) for t in "abcd" for l in ("ar", "bn", "de", "en", "es", "fr", "hi", "id", "it", "pt", "zh")]
     counts = {}
     for s in grid:

@@ -20,6 +20,8 @@ from donors.models import load_model
 from donors.tasks import get_task
 from donors.train.lora import train_lora
 
+pytestmark = pytest.mark.slow  # trains or scores a real model
+
 MODEL = "smollm2-135m"
 TARGETS = (Cell("number_words", "en"), Cell("cldr_continent", "en"))
 N_ITEMS = 20

@@ -11,6 +11,8 @@ import torch
 from donors import models
 from donors.models import EMBEDDED_MODELS, ModelError, embedded_model_path, load_model, resolve_model
 
+pytestmark = pytest.mark.slow  # trains or scores a real model
+
 
 def test_embedded_model_is_cached_as_safetensors_only():
     path = embedded_model_path("smollm2-135m")

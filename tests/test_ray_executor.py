@@ -19,6 +19,8 @@ ray = pytest.importorskip("ray")
 from donors import api  # noqa: E402
 from donors.execute.ray import FAULT_ENV  # noqa: E402
 
+pytestmark = pytest.mark.slow  # trains or scores a real model
+
 GRID = {
     "name": "ray",
     "models": ["smollm2-135m"],

@@ -19,6 +19,8 @@ from rich.console import Console
 from donors import api
 from donors.grid import Cell, Regime
 
+pytestmark = pytest.mark.slow  # trains or scores a real model
+
 TINY = {
     "name": "tiny <study>",
     "models": ["smollm2-135m"],

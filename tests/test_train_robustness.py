@@ -14,6 +14,8 @@ from donors.models import load_model
 from donors.tasks import get_task
 from donors.train.lora import TrainingError, train_lora
 
+pytestmark = pytest.mark.slow  # trains or scores a real model
+
 MODEL = "smollm2-135m"
 LORA = LoraConfig(r=4, alpha=8)
 

@@ -18,6 +18,8 @@ from donors.train.loss import linear_cross_entropy
 from donors.train.rms_norm import frozen_rms_norms
 from donors.train.lora import FusedLoraLinear, TrainingError, peft_lora_config, split_train_validation, train_lora
 
+pytestmark = pytest.mark.slow  # trains or scores a real model
+
 MODEL = "smollm2-135m"
 
 

@@ -26,6 +26,8 @@ from donors.models import load_model  # noqa: E402
 from donors.tasks import get_task  # noqa: E402
 from donors.train.lora import train_lora  # noqa: E402
 
+pytestmark = pytest.mark.slow  # trains or scores a real model
+
 MODEL = "smollm2-135m"
 TARGETS = (Cell("number_words", "en"), Cell("cldr_continent", "de"))
 N_ITEMS = 30

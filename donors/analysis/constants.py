@@ -63,7 +63,6 @@ MACHINE_TRANSLATED = "machine-translated"
 
 # Axis orders (A13, A14); names not listed follow in sorted order.
 TASK_AXIS_ORDER = ("arc_challenge", "truthfulqa", "hellaswag", "global_mmlu")
-LANGUAGE_AXIS_ORDER = ("ar", "bn", "de", "en", "es", "fr", "hi", "id", "it", "pt", "zh")
 
 # Language groups (A10); a language not listed forms a group of its own.
 LANGUAGE_GROUPS = {

@@ -24,6 +24,7 @@ from donors.analysis.consistency import (
     consistency_by_model,
     consistency_by_size,
 )
+from donors.grid import STUDY_LANGUAGES
 from donors.analysis.constants import (
     CURATED_DATASETS,
     DELTA,
@@ -31,7 +32,6 @@ from donors.analysis.constants import (
     HARM_THRESHOLD,
     HUMAN_TRANSLATED,
     KEY_COLUMNS,
-    LANGUAGE_AXIS_ORDER,
     LANGUAGE_GROUPS,
     MACHINE_TRANSLATED,
     MEAN,
@@ -325,7 +325,7 @@ def language_transfer_matrix(df: pd.DataFrame) -> pd.DataFrame:
     ``source_language``, is saved as the first column.
     """
     rows = transfer_set(df)
-    names = ordered_names({*rows[SOURCE_LANGUAGE], *rows[TARGET_LANGUAGE]}, LANGUAGE_AXIS_ORDER)
+    names = ordered_names({*rows[SOURCE_LANGUAGE], *rows[TARGET_LANGUAGE]}, STUDY_LANGUAGES)
     return _transfer_matrix(
         rows[same_task(rows)], names, SOURCE_LANGUAGE, TARGET_LANGUAGE, "source_language"
     )

@@ -16,10 +16,9 @@ import numpy as np
 import pandas as pd
 
 from donors.errors import DonorsError
+from donors.grid import regime_labels
 
 from donors.analysis.constants import (
-    CT_CL,
-    CT_ML,
     DELTA,
     FAMILY_SUBSTRINGS,
     HARM,
@@ -28,7 +27,6 @@ from donors.analysis.constants import (
     MEDIAN,
     MISSING_SOURCE,
     MODEL,
-    MT_CL,
     MT_ML,
     OTHER_FAMILY,
     POSITIVE,
@@ -217,8 +215,7 @@ def derive_regime(df: pd.DataFrame) -> pd.Series:
     Rows without a source (base-model rows) stay unlabelled (NaN), as the published
     bucketer refuses them the MT-ML label.
     """
-    code = 2 * same_task(df).to_numpy(int) + same_language(df).to_numpy(int)
-    labels = np.array([CT_CL, CT_ML, MT_CL, MT_ML], dtype=object)[code]
+    labels = regime_labels(df[SOURCE_TASK], df[SOURCE_LANGUAGE], df[TARGET_TASK], df[TARGET_LANGUAGE])
     regime = pd.Series(labels, index=df.index, name=REGIME)
     return regime.where(has_source(df))
 

@@ -37,12 +37,12 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from donors.tasks.data import DataError
-from donors.tasks.item import LETTERS, Item, Split
+from donors.errors import describe_validation_error
+from donors.tasks.item import LETTERS, SPLITS, Item, Split
 from donors.tasks.registry import register_task
 
 logger = logging.getLogger(__name__)
 
-SPLITS: tuple[Split, ...] = ("train", "test")
 SKIP_HINT = "fix the row, or set skip_bad_rows: true in the task's options to skip such rows (they are counted and reported)"
 FORMAT_OF_SUFFIX = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "tsv", ".parquet": "parquet"}
 
@@ -498,25 +498,12 @@ def _list_cell(value: Any, column: str) -> list[Any]:
     return value
 
 
-def _options_error(name: str, error: ValidationError) -> str:
-    lines = [f"task {name!r}: invalid options for a files task (docs/local-tasks.md lists them)"]
-    for problem in error.errors():
-        field = ".".join(str(part) for part in problem["loc"]) or "options"
-        if problem["type"] == "extra_forbidden":
-            message = "unknown option; check its spelling"
-        elif problem["type"] == "missing":
-            message = "required option is missing"
-        else:
-            message = problem["msg"].removeprefix("Value error, ")
-        lines.append(f"  - {field}: {message}")
-    return "\n".join(lines)
-
-
 @register_task("files")
 def files_task(name: str = "files", **options: Any) -> FileTask:
     """A task from local files under the user's name: ``{name: ..., options: {source: files, ...}}``."""
     try:
         parsed = FileTaskOptions.model_validate(options)
     except ValidationError as error:
-        raise DataError(_options_error(name, error)) from None
+        heading = f"task {name!r}: invalid options for a files task (docs/local-tasks.md lists them)"
+        raise DataError(describe_validation_error(error, heading, noun="option")) from None
     return FileTask(name, parsed, base_dir=Path.cwd())

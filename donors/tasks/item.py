@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 Split = Literal["train", "test"]
+SPLITS: tuple[Split, ...] = ("train", "test")
 LETTERS = "ABCDEFGHIJ"
 
 

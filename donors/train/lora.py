@@ -1,6 +1,6 @@
 """Fine-tune one source with LoRA: the study's recipe, without its wasted FLOPs.
 
-The optimisation problem is the published one (paper-protocol.md section 4): the same
+The optimisation problem is the published one (docs/protocol.md section 4): the same
 examples, loss on the answer only, AdamW with linear warmup and decay, gradient clipping
 at 1.0, validation every epoch and the best epoch kept. What differs is cost: batches are
 padded only to their longest example, and the output head runs only at the positions that

@@ -13,8 +13,8 @@ any machine with the pinned package versions. The tasks differ in kind:
 """
 
 from donors.tasks.embedded import cldr, number_words
-from donors.tasks.embedded.base import LANGUAGES, FactTask
+from donors.tasks.embedded.base import FactTask
 
 TASK_NAMES = ("number_words", "cldr_currency", "cldr_language", "cldr_continent")
 
-__all__ = ["LANGUAGES", "TASK_NAMES", "FactTask", "cldr", "number_words"]
+__all__ = ["TASK_NAMES", "FactTask", "cldr", "number_words"]

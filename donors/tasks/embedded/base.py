@@ -20,14 +20,11 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
-from donors.tasks.item import Item, Split, stable_digest
-
-LANGUAGES = ("ar", "bn", "de", "en", "es", "fr", "hi", "id", "it", "pt", "zh")
-"""The study's grid languages; every embedded task is built in all of them."""
+from donors.grid import STUDY_LANGUAGES
+from donors.tasks.item import SPLITS, Item, Split, stable_digest
 
 N_CHOICES = 4
 MIN_TEST_ITEMS = 200
-SPLITS: tuple[Split, ...] = ("train", "test")
 
 NameFunction = Callable[[str, str], str | None]
 """``(code, language) -> name``, or None when that language has no proper name for it."""
@@ -78,7 +75,7 @@ class FactTask:
     option_name: NameFunction
     questions: Mapping[str, str]
     """Per language, a one-line question with a ``{subject}`` slot."""
-    languages: tuple[str, ...] = LANGUAGES
+    languages: tuple[str, ...] = STUDY_LANGUAGES  # every embedded task is built in all of them
     min_test: int = MIN_TEST_ITEMS
 
     def load(self, language: str, split: Split) -> list[Item]:
