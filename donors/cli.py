@@ -178,5 +178,13 @@ def models() -> None:
         typer.echo(f"{model.name}\t{model.distribution}=={model.version}\t{model.upstream}\t{model.licence}")
 
 
+@app.command()
+def config() -> None:
+    """Print the study config reference: every field, its type, default and description (Markdown; docs/config.md)."""
+    from donors.config import config_reference
+
+    typer.echo(config_reference(), nl=False)
+
+
 if __name__ == "__main__":
     app()

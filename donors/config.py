@@ -1,6 +1,6 @@
 """StudyConfig: one YAML file -> a validated object, checked before any compute.
 
-Defaults follow the published protocol (paper-protocol.md section 4). A bad value fails
+Defaults follow the published protocol (docs/protocol.md section 4). A bad value fails
 with the file, the field, the value and what is allowed.
 """
 
@@ -9,9 +9,11 @@ from __future__ import annotations
 from donors.errors import DonorsError
 
 import hashlib
+import inspect
 import json
 from pathlib import Path
-from typing import Any, Literal
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -32,18 +34,31 @@ class _Section(BaseModel):
 class TaskSpec(_Section):
     """A task by registry name, with the options its factory takes (paths, column maps...)."""
 
-    name: str
-    options: dict[str, Any] = Field(default_factory=dict)
+    name: str = Field(
+        description="a registered task (`donors tasks`), or your own name for a task built from `options` (e.g. `source: files`)"
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="keyword options of the task's factory: local copies, file paths, column maps (docs/local-tasks.md)",
+    )
     max_length: int | None = Field(
         None, ge=8, description="tokens a training example of this task keeps (left-truncated); default: train.max_length"
     )
 
 
 class LoraConfig(_Section):
-    r: int = Field(32, gt=0)
-    alpha: int = Field(64, gt=0)
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    target_modules: tuple[str, ...] = LORA_TARGETS
+    """The LoRA adapter trained on each (model, source, seed); the published protocol's by default."""
+
+    r: int = Field(32, gt=0, description="rank of the LoRA update; 32, as published")
+    alpha: int = Field(64, gt=0, description="LoRA scaling alpha (the update is scaled by alpha / r); 64 = 2r, as published")
+    dropout: float = Field(
+        0.0, ge=0.0, lt=1.0, description="dropout on the LoRA layers' input; 0.0, as published (PEFT's default)"
+    )
+    target_modules: tuple[str, ...] = Field(
+        LORA_TARGETS,
+        description="names of the modules that get an adapter, at least one; as published, all seven attention and MLP "
+        "projections",
+    )
 
     @field_validator("target_modules")
     @classmethod
@@ -54,18 +69,46 @@ class LoraConfig(_Section):
 
 
 class TrainConfig(_Section):
-    epochs: int = Field(3, gt=0)
-    learning_rate: float = Field(5e-5, gt=0.0, le=1.0)
-    warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0)
-    batch_size: int = Field(8, gt=0, description="effective batch size (examples per optimiser step)")
-    micro_batch_size: int | None = Field(None, gt=0, description="examples per forward pass; the rest is gradient accumulation")
-    max_length: int = Field(256, ge=8)
-    validation_fraction: float = Field(0.1, ge=0.0, lt=1.0)
-    split_seed: int = 42
-    keep_best: bool = Field(True, description="keep the epoch with the lowest validation loss")
-    max_items: int | None = Field(None, gt=0, description="cap on training items per source (before the validation split)")
-    chat_template: bool = False
-    weight_decay: float = Field(0.0, ge=0.0)
+    """Fine-tuning: AdamW, linear warmup and decay, gradient clipping at 1.0 (docs/protocol.md section 4)."""
+
+    epochs: int = Field(3, gt=0, description="passes over the training items; 3, as published")
+    learning_rate: float = Field(
+        5e-5, gt=0.0, le=1.0,
+        description="peak AdamW learning rate; 5e-5, the HF Trainer default the published run left in place",
+    )
+    warmup_ratio: float = Field(
+        0.1, ge=0.0, lt=1.0, description="share of the optimiser steps with a linear warmup; 0.1, as published"
+    )
+    batch_size: int = Field(
+        8, gt=0, description="effective batch size (examples per optimiser step); 8, the Trainer's default starting batch size"
+    )
+    micro_batch_size: int | None = Field(
+        None, gt=0,
+        description="examples per forward pass, the rest is gradient accumulation; must divide batch_size. Unset: the "
+        "whole batch, halved on out-of-memory (the gradients stay those of batch_size)",
+    )
+    max_length: int = Field(
+        256, ge=8,
+        description="tokens a training example keeps (left-truncated) for a task without its own max_length; 256, "
+        "published for ARC",
+    )
+    validation_fraction: float = Field(
+        0.1, ge=0.0, lt=1.0,
+        description="share of each source's training items held out to pick the best epoch; 0.1, as published (300 -> 270/30)",
+    )
+    split_seed: int = Field(
+        42, description="seed of the train/validation split, the same for every experiment seed; 42, as published"
+    )
+    keep_best: bool = Field(
+        True, description="keep the epoch with the lowest validation loss, as published (else the last epoch)"
+    )
+    max_items: int | None = Field(
+        None, gt=0, description="cap on training items per source (before the validation split); all if unset"
+    )
+    chat_template: bool = Field(
+        False, description="wrap training prompts in the model's chat template; off, as published (plain-text prompts)"
+    )
+    weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay; 0.0, the Trainer's default the published run kept")
     prompt_format: Literal["lettered", "continuation"] | None = Field(
         None,
         description="what the loss falls on: lettered, the answer letter after A) .. D); continuation, the gold option's "
@@ -83,17 +126,27 @@ class TrainConfig(_Section):
 
 
 class EvalConfig(_Section):
+    """Scoring every model state (base and adapters) on every target, zero-shot."""
+
     max_items: int | None = Field(
         None, gt=0, description="items per target, the same ids in every language, balanced over gold option positions; all if unset"
     )
     prompt_format: Literal["lettered", "continuation"] = Field(
-        "lettered", description="lettered: the answer letter after A) .. D); continuation: each option text scored after the question"
+        "lettered",
+        description="lettered: the answer letter after A) .. D), the published training format (the published evaluation "
+        "format is unknown); continuation: each option text scored after the question",
     )
     metric: Literal["acc", "acc_norm"] = Field(
-        "acc", description="acc_norm: lm-eval's length-normalised accuracy (the published score); equal to acc for one-letter answers"
+        "acc",
+        description="acc: the share of items whose top-scoring option is gold; acc_norm: lm-eval's length-normalised "
+        "accuracy (the published score, set in configs/paper.yaml); equal to acc for one-letter answers",
     )
-    chat_template: bool = True
-    batch_size: int = Field(32, gt=0, description="a fixed batch size (lm-eval's 'auto' probes for minutes on a CPU)")
+    chat_template: bool = Field(
+        True, description="wrap evaluation prompts in the model's chat template; on, as published (lm-eval --apply_chat_template)"
+    )
+    batch_size: int = Field(
+        32, gt=0, description="examples per scoring forward pass, fixed: lm-eval's 'auto' (published) probes for minutes on a CPU"
+    )
     backend: Literal["native", "harness", "vllm"] = Field(
         "native",
         description="native: our scorer; harness: lm-evaluation-harness on the same items, adapters swapped in-process; "
@@ -102,7 +155,8 @@ class EvalConfig(_Section):
     permutations: Literal["none", "cyclic"] = Field(
         "none",
         description="cyclic: score each item again under every cyclic rotation of its options (k passes for k options) and "
-        "store every rotation's prediction, for the acc_perm and acc_perm_strict metrics; lettered format only",
+        "store every rotation's prediction, for the acc_perm and acc_perm_strict metrics; lettered format and the native "
+        "or harness backend only",
     )
 
     @model_validator(mode="after")
@@ -122,7 +176,7 @@ class RayConfig(_Section):
 
     address: str | None = Field(None, description="a running cluster ('auto', 'ray://host:10001'); unset starts a local one")
     num_cpus: int | None = Field(None, gt=0, description="CPUs of the local cluster started when address is unset")
-    cpus_per_job: float = Field(1.0, gt=0)
+    cpus_per_job: float = Field(1.0, gt=0, description="CPUs Ray reserves for each training or evaluation job")
     gpus_per_job: float | None = Field(None, ge=0, description="unset: 1 when the cluster has GPUs, else 0")
     max_retries: int = Field(2, ge=0, description="retries of a failed job before it is recorded as failed")
 
@@ -130,20 +184,42 @@ class RayConfig(_Section):
 class StudyConfig(_Section):
     """Everything a study needs; the output directory holds its store, adapters and report."""
 
-    name: str = "study"
-    output_dir: Path = Path("studies/study")
-    models: tuple[str, ...]
-    tasks: tuple[TaskSpec, ...]
-    languages: tuple[str, ...] = GRID_LANGUAGES
-    seeds: tuple[int, ...] = PAPER_SEEDS
-    lora: LoraConfig = LoraConfig()
-    train: TrainConfig = TrainConfig()
-    eval: EvalConfig = EvalConfig()
+    name: str = Field("study", description="the study's name, the title of its report")
+    output_dir: Path = Field(
+        Path("studies/study"),
+        description="the study's directory: results store, adapters (unless storage_dir) and report; relative to the "
+        "working directory",
+    )
+    models: tuple[str, ...] = Field(
+        description="base models, at least one, each once: an embedded model (`donors models`), a local Hugging Face model "
+        "directory or a hub id 'org/name'"
+    )
+    tasks: tuple[TaskSpec, ...] = Field(
+        description="at least one, each once; each is a source (trained on) and a target (scored) in every language: a "
+        "registered name (`donors tasks`) or a mapping with the fields of the tasks section"
+    )
+    languages: tuple[str, ...] = Field(
+        GRID_LANGUAGES,
+        description="the sources' and targets' languages, at least one, each once: ISO 639-1 codes (2-3 lowercase letters); "
+        "the published eleven",
+    )
+    seeds: tuple[int, ...] = Field(
+        PAPER_SEEDS, description="one adapter per seed and (model, source), at least one, each once; the published 17, 42, 101"
+    )
+    lora: LoraConfig = Field(LoraConfig(), description="the LoRA adapter (section lora)")
+    train: TrainConfig = Field(TrainConfig(), description="fine-tuning (section train)")
+    eval: EvalConfig = Field(EvalConfig(), description="scoring (section eval)")
     storage_dir: Path | None = Field(None, description="where adapters are written; every node must read it; default: output_dir")
-    executor: Literal["local", "ray"] = "local"
-    ray: RayConfig = RayConfig()
-    dtype: Literal["auto", "float32", "bfloat16"] = Field("auto", description="auto: bf16 on a GPU that supports it, else float32")
-    trust_remote_code: bool = False
+    executor: Literal["local", "ray"] = Field(
+        "local", description="local: the jobs run in this process, one model loaded at a time; ray: on a Ray cluster (section ray)"
+    )
+    ray: RayConfig = Field(RayConfig(), description="the Ray cluster, used with executor: ray (section ray)")
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto", description="auto: bf16 on a GPU that supports it, else float32 (the published runs: bfloat16)"
+    )
+    trust_remote_code: bool = Field(
+        False, description="let transformers run a hub model's own Python code; off: loading a model runs no code from the hub"
+    )
 
     @model_validator(mode="after")
     def _one_format(self) -> "StudyConfig":
@@ -226,6 +302,100 @@ class StudyConfig(_Section):
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+# The reference page: docs/config.md is this function's output, so the docs cannot drift from the fields.
+
+_REFERENCE_SECTIONS: tuple[tuple[str, str, type[_Section]], ...] = (
+    ("Top level", "", StudyConfig),
+    ("tasks", "tasks[].", TaskSpec),
+    ("lora", "lora.", LoraConfig),
+    ("train", "train.", TrainConfig),
+    ("eval", "eval.", EvalConfig),
+    ("ray", "ray.", RayConfig),
+)
+_SECTION_ANCHORS = {cls: title.lower().replace(" ", "-") for title, _, cls in _REFERENCE_SECTIONS}
+_TYPE_NAMES = {str: "string", int: "integer", float: "number", bool: "boolean", Path: "path", Any: "any"}
+_BOUNDS = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
+
+
+def _type_text(annotation: Any) -> str:
+    """A field's type as a YAML writer sees it: ``tuple[int, ...]`` -> list of integer."""
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Literal:
+        return " or ".join(f"`{a}`" for a in args)
+    if origin in (Union, UnionType):
+        return " or ".join(_type_text(a) for a in args if a is not type(None))
+    if origin is tuple:
+        item = args[0]
+        if isinstance(item, type) and issubclass(item, _Section):
+            return f"list of [{_SECTION_ANCHORS[item]}](#{_SECTION_ANCHORS[item]}) entries"
+        return f"list of {_type_text(item)}"
+    if origin is dict:
+        return "mapping"
+    if isinstance(annotation, type) and issubclass(annotation, _Section):
+        return f"mapping, see [{_SECTION_ANCHORS[annotation]}](#{_SECTION_ANCHORS[annotation]})"
+    return _TYPE_NAMES.get(annotation, getattr(annotation, "__name__", str(annotation)))
+
+
+def _bounds_text(metadata: list[Any]) -> str:
+    bounds = [f"{sign} {_value_text(getattr(m, key))}" for m in metadata for key, sign in _BOUNDS.items() if hasattr(m, key)]
+    return f", {', '.join(bounds)}" if bounds else ""
+
+
+def _value_text(value: Any) -> str:
+    """A default as it would be written in YAML (``5.0e-5``, ``true``, ``[17, 42, 101]``)."""
+    if value is None:
+        return "unset"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        text = repr(value)
+        if "e" in text:  # YAML reads 5e-05 as a string: write 5.0e-5
+            mantissa, exponent = text.split("e")
+            text = f"{mantissa if '.' in mantissa else mantissa + '.0'}e{int(exponent)}"
+        return text
+    if isinstance(value, (tuple, list)):
+        return f"[{', '.join(_value_text(v) for v in value)}]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_value_text(v)}" for k, v in value.items()) + "}"
+    return str(value)
+
+
+def _default_text(field: Any) -> str:
+    if field.is_required():
+        return "required"
+    value = field.get_default(call_default_factory=True)
+    if isinstance(value, _Section):
+        return "each field's default"
+    return f"`{_value_text(value)}`" if value is not None else "unset"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def config_reference() -> str:
+    """Every field of a study config, with its type, default and description, as Markdown (docs/config.md)."""
+    lines = [
+        "# Study config reference",
+        "",
+        "Generated from the field descriptions in `donors/config.py`: do not edit this page, regenerate it with",
+        "`donors config > docs/config.md` (`tests/test_config_docs.py` fails when the two differ).",
+        "",
+        "A study config is one YAML file (`configs/demo.yaml`, `configs/paper.yaml`), validated before any compute:",
+        "an unknown field or a bad value fails with the file, the field, the value and what is allowed. Defaults are",
+        "the published protocol's where it sets one (docs/protocol.md section 4); `unset` means leave the field out.",
+    ]
+    for title, prefix, cls in _REFERENCE_SECTIONS:
+        doc = inspect.cleandoc(cls.__doc__ or "").replace("``", "`")
+        lines += ["", f"## {title}", "", doc, "", "| field | type | default | description |", "|---|---|---|---|"]
+        for name, field in cls.model_fields.items():
+            kind = _type_text(field.annotation) + _bounds_text(field.metadata)
+            lines.append(
+                f"| `{prefix}{name}` | {_cell(kind)} | {_cell(_default_text(field))} | {_cell(field.description or '')} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
 def _format_errors(error: ValidationError, source: str) -> str:
     lines = [f"{source}: invalid study config"]
     for e in error.errors():
@@ -234,7 +404,7 @@ def _format_errors(error: ValidationError, source: str) -> str:
         shown = "" if isinstance(value, dict) else f" (got {value!r})"
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
-            msg = "unknown field; check its spelling against the documented fields"
+            msg = "unknown field; check its spelling against the documented fields (docs/config.md, `donors config`)"
         elif e["type"] == "missing":
             msg = "required field is missing"
         lines.append(f"  - {field}: {msg}{shown}")
