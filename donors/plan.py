@@ -3,8 +3,9 @@
 Pure and fast: no model weights are loaded and nothing is downloaded. Item counts and
 prompt lengths come from the data when a task can be read locally (embedded tasks, local
 files); a published benchmark that lives on the Hugging Face hub falls back to its
-documented split sizes (paper-protocol.md section 3) and typical prompt lengths, and the
-plan says which numbers are such estimates.
+documented split sizes (docs/protocol.md section 3) and typical prompt lengths, which its
+definition in :mod:`donors.tasks.published` carries, and the plan says which numbers are such
+estimates.
 
 Compute follows the usual transformer rule of thumb: a forward pass costs 2 FLOPs per
 parameter per token. LoRA training adds the backward pass through the activations (another
@@ -14,15 +15,16 @@ forward only, 2 x params x tokens.
 
 from __future__ import annotations
 
-import math
+import re
 from dataclasses import dataclass
-from pathlib import Path
 
 from donors.config import ConfigError, StudyConfig, TaskSpec
 from donors.jobs import cells
+from donors.tasks import get_task
 from donors.tasks.data import DataError, subsample
 from donors.tasks.item import Item
 from donors.tasks.prompts import choice_strings, prompt_text
+from donors.tasks.published import Benchmark, PublishedTask
 
 DEFAULT_TFLOPS = 989.0  # H100 SXM, dense bf16 tensor-core peak
 DEFAULT_MFU = 0.4
@@ -31,8 +33,9 @@ CHAT_TEMPLATE_TOKENS = 30  # role headers plus a default system turn (Llama 3's 
 TRAIN_FLOPS_PER_PARAM_TOKEN = 4.0
 EVAL_FLOPS_PER_PARAM_TOKEN = 2.0
 
-# Parameter counts (billions) of the published models, from their model cards.
-PUBLISHED_PARAMS_B = {
+# Parameter counts (billions) of the published models, from their model cards: what FLOPs scale
+# with. Not the published results' model_size, which is the size the name states (Llama-3.2-1B: 1).
+PARAMETER_COUNTS_B = {
     "llama-3.2-1b-instruct": 1.24,
     "llama-3.2-3b-instruct": 3.21,
     "llama-3.1-8b-instruct": 8.03,
@@ -43,25 +46,9 @@ PUBLISHED_PARAMS_B = {
     "gemma-3-1b-it": 1.0,
     "gemma-3-4b-it": 4.3,
 }
-
-# Split sizes per language of the published benchmarks (train, test).
-PUBLISHED_SIZES = {
-    "arc_challenge": (300, 400),
-    "global_mmlu": (215, 400),
-    "hellaswag": (300, 400),
-    "truthfulqa": (300, 400),
-}
-
-# Typical characters per prompt (train text, scored prompt), rough English-length figures:
-# ARC is a short question and four short options; Global-MMLU questions run longer;
-# HellaSwag has a context and four sentence-long endings; TruthfulQA trains on
-# "Question: ...\nAnswer: ..." but is scored over all of its MC1 choices.
-TYPICAL_PROMPT_CHARS = {
-    "arc_challenge": (300, 300),
-    "global_mmlu": (500, 500),
-    "hellaswag": (750, 750),
-    "truthfulqa": (120, 350),
-}
+# A size a model's name states ("7B", "135m", "0.5 b"): the estimate for a model not in the table.
+_STATED_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([bBmMkK])")
+_BILLIONS_PER_UNIT = {"b": 1.0, "m": 1e-3, "k": 1e-6}
 
 
 @dataclass(frozen=True)
@@ -163,31 +150,31 @@ class StudyPlan:
         return lines
 
 
-def params_billions(model: str) -> tuple[float, str]:
-    """(billions of parameters, where the number came from): the published table, else the name."""
-    key = model.rstrip("/").rsplit("/", 1)[-1].lower()
-    if key in PUBLISHED_PARAMS_B:
-        return PUBLISHED_PARAMS_B[key], "published"
-    from donors.analysis.transfer import model_size_billions  # imports scipy: only when the table has no entry
+def parameter_count(model: str) -> tuple[float, str]:
+    """(billions of parameters, where the number came from) for FLOPs: the table, else the size the name states.
 
-    size = model_size_billions(model)
-    return (size, "name") if math.isfinite(size) else (float("nan"), "unknown")
+    "published" for a model in the table, "name" for an estimate read off the name (smollm2-135m:
+    0.135), "unknown" (NaN) when neither has one.
+    """
+    key = model.rstrip("/").rsplit("/", 1)[-1].lower()
+    if key in PARAMETER_COUNTS_B:
+        return PARAMETER_COUNTS_B[key], "published"
+    match = _STATED_SIZE.search(model.rsplit("/", 1)[-1])
+    if not match:
+        return float("nan"), "unknown"
+    return float(match.group(1)) * _BILLIONS_PER_UNIT[match.group(2).lower()], "name"
+
+
+def check_throughput(tflops: float, mfu: float) -> None:
+    """The accelerator assumptions must be usable: a positive peak and a utilisation in (0, 1]."""
+    if tflops <= 0 or not 0 < mfu <= 1:
+        raise ConfigError(f"--tflops must be > 0 and --mfu in (0, 1], got {tflops} and {mfu}")
 
 
 def gpu_hours(flops: float, tflops: float = DEFAULT_TFLOPS, mfu: float = DEFAULT_MFU) -> float:
     """Hours of one accelerator sustaining ``mfu`` of a ``tflops`` peak."""
-    if tflops <= 0 or not 0 < mfu <= 1:
-        raise ConfigError(f"--tflops must be > 0 and --mfu in (0, 1], got {tflops} and {mfu}")
+    check_throughput(tflops, mfu)
     return flops / (tflops * 1e12 * mfu) / 3600
-
-
-def _is_local_source(task) -> bool:
-    """Whether loading reads local files only; a hub dataset would go to the network."""
-    from donors.tasks.published import PublishedTask
-
-    if not isinstance(task, PublishedTask):
-        return True
-    return task.data_dir is not None or task.data_files is not None or Path(task.dataset_id).expanduser().is_dir()
 
 
 def _train_tokens(item: Item, config: StudyConfig, ratio: float, max_length: int) -> float:
@@ -220,13 +207,12 @@ def _measured(spec: TaskSpec, task, config: StudyConfig, ratio: float) -> TaskSi
     return TaskSizes(spec.name, train_items, test_items, train_tokens, test_tokens, False, "from the data")
 
 
-def _published(spec: TaskSpec, config: StudyConfig, ratio: float, why: str) -> TaskSizes:
-    benchmark = spec.options.get("source") or spec.name
-    n_train, n_test = PUBLISHED_SIZES[benchmark]
-    n_train = min(n_train, config.train.max_items or n_train)
-    n_test = min(n_test, config.eval.max_items or n_test)
-    train_chars, test_chars = TYPICAL_PROMPT_CHARS[benchmark]
-    train_chat = CHAT_TEMPLATE_TOKENS if config.train.chat_template and benchmark != "truthfulqa" else 0
+def _published(spec: TaskSpec, benchmark: Benchmark, config: StudyConfig, ratio: float, why: str) -> TaskSizes:
+    """The benchmark's published split sizes and typical prompt lengths, in place of its data."""
+    n_train = min(benchmark.train_items, config.train.max_items or benchmark.train_items)
+    n_test = min(benchmark.test_items, config.eval.max_items or benchmark.test_items)
+    train_chars, test_chars = benchmark.train_chars, benchmark.test_chars
+    train_chat = CHAT_TEMPLATE_TOKENS if config.train.chat_template and not benchmark.trains_on_text else 0
     per_train = min(train_chars / ratio + train_chat, config.max_length_for(spec.name))
     per_test = test_chars / ratio + (CHAT_TEMPLATE_TOKENS if config.eval.chat_template else 0)
     n_languages = len(config.languages)
@@ -244,25 +230,22 @@ def _published(spec: TaskSpec, config: StudyConfig, ratio: float, why: str) -> T
 
 def task_sizes(spec: TaskSpec, config: StudyConfig, chars_per_token: float = CHARS_PER_TOKEN) -> TaskSizes:
     """Sizes from the data if it is local, else the published benchmark's documented sizes."""
-    from donors.tasks import get_task
-
-    fallback = (spec.options.get("source") or spec.name) in PUBLISHED_SIZES
     task = get_task(spec.name, **spec.options)
-    if not _is_local_source(task):
-        return _published(spec, config, chars_per_token, "hub data, not fetched")
+    if isinstance(task, PublishedTask) and not task.reads_local_files:
+        return _published(spec, task.benchmark, config, chars_per_token, "hub data, not fetched")
     try:
         return _measured(spec, task, config, chars_per_token)
     except (DataError, OSError, ValueError) as error:
-        if not fallback:
+        if not isinstance(task, PublishedTask):
             raise
-        return _published(spec, config, chars_per_token, f"local data unreadable ({str(error).splitlines()[0]})")
+        return _published(spec, task.benchmark, config, chars_per_token, f"local data unreadable ({str(error).splitlines()[0]})")
 
 
 def plan(config: StudyConfig, *, tflops: float = DEFAULT_TFLOPS, mfu: float = DEFAULT_MFU, chars_per_token: float = CHARS_PER_TOKEN) -> StudyPlan:
     """Job counts, tokens, FLOPs and GPU-hours per model, without loading a model or data from the hub."""
     if chars_per_token <= 0:
         raise ConfigError(f"--chars-per-token must be positive, got {chars_per_token}")
-    gpu_hours(0.0, tflops, mfu)
+    check_throughput(tflops, mfu)
     sizes = tuple(task_sizes(spec, config, chars_per_token) for spec in config.tasks)
     n_sources = n_targets = len(cells(config))
     n_seeds = len(config.seeds)
@@ -272,7 +255,7 @@ def plan(config: StudyConfig, *, tflops: float = DEFAULT_TFLOPS, mfu: float = DE
     tokens_per_state = sum(t.test_tokens for t in sizes)
     rows = []
     for model in config.models:
-        params, params_from = params_billions(model)
+        params, params_from = parameter_count(model)
         n_train = n_sources * n_seeds
         n_states = 1 + n_train
         train_tokens = train_tokens_per_seed * n_seeds
@@ -291,4 +274,4 @@ def plan(config: StudyConfig, *, tflops: float = DEFAULT_TFLOPS, mfu: float = DE
     )
 
 
-__all__ = ["ModelPlan", "StudyPlan", "TaskSizes", "gpu_hours", "params_billions", "plan", "task_sizes"]
+__all__ = ["ModelPlan", "StudyPlan", "TaskSizes", "check_throughput", "gpu_hours", "parameter_count", "plan", "task_sizes"]

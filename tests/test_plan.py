@@ -11,9 +11,10 @@ import yaml
 from typer.testing import CliRunner
 
 from donors import api
+from donors.analysis.transfer import size_from_name
 from donors.cli import app
-from donors.config import LORA_TARGETS, load_config
-from donors.plan import CHAT_TEMPLATE_TOKENS, DEFAULT_MFU, DEFAULT_TFLOPS, gpu_hours, params_billions, plan
+from donors.config import LORA_TARGETS, ConfigError, load_config
+from donors.plan import CHAT_TEMPLATE_TOKENS, DEFAULT_MFU, DEFAULT_TFLOPS, gpu_hours, parameter_count, plan
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER = REPO / "configs" / "paper.yaml"
@@ -148,12 +149,25 @@ def test_unreadable_local_copy_of_a_benchmark_falls_back_with_the_reason(tmp_pat
 
 
 def test_parameter_counts_from_the_table_then_the_name():
-    assert params_billions("Qwen/Qwen2.5-7B-Instruct") == (7.62, "published")
-    assert params_billions("google/gemma-3-4b-it") == (4.3, "published")
-    assert params_billions("smollm2-135m") == (0.135, "name")
-    assert params_billions("org/Mistral-7B-v0.3") == (7.0, "name")
-    size, where = params_billions("/models/my-checkpoint")
+    assert parameter_count("Qwen/Qwen2.5-7B-Instruct") == (7.62, "published")
+    assert parameter_count("google/gemma-3-4b-it") == (4.3, "published")
+    assert parameter_count("smollm2-135m") == (0.135, "name")
+    assert parameter_count("org/Mistral-7B-v0.3") == (7.0, "name")
+    size, where = parameter_count("/models/my-checkpoint")
     assert math.isnan(size) and where == "unknown"
+
+
+def test_parameter_count_is_not_the_published_model_size():
+    # The published schema's model_size is the size the name states; FLOPs scale with the real count.
+    assert size_from_name("meta-llama/Llama-3.2-1B-Instruct") == 1.0
+    assert parameter_count("meta-llama/Llama-3.2-1B-Instruct") == (1.24, "published")
+
+
+def test_plan_rejects_unusable_throughput_before_reading_any_task():
+    config = load_config(DEMO)
+    for tflops, mfu in ((0, 0.4), (989, 0), (989, 1.5)):
+        with pytest.raises(ConfigError, match="--tflops must be > 0 and --mfu in"):
+            plan(config, tflops=tflops, mfu=mfu)
 
 
 def test_cli_prints_the_plan_offline(offline):

@@ -2,7 +2,7 @@
 
 Transfer of a (source, target) cell = 100 x (fine-tuned score - base score), in percentage
 points, per seed; then mean, std and SE across seeds, exactly as the published release
-aggregated it (paper-protocol.md section 1c), so every published analysis runs on a study
+aggregated it (docs/protocol.md section 1c), so every published analysis runs on a study
 of ours unchanged.
 """
 
@@ -21,8 +21,13 @@ _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([bBmMkK])")
 _UNIT = {"b": 1.0, "m": 1e-3, "k": 1e-6}
 
 
-def model_size_billions(name: str) -> float:
-    """Parameters in billions from a name: Llama-3.2-1B -> 1, Qwen2.5-0.5B -> 0.5, smollm2-135m -> 0.135."""
+def size_from_name(name: str) -> float:
+    """The published schema's ``model_size``: the size a model's name states, in billions.
+
+    Llama-3.2-1B -> 1, Qwen2.5-0.5B -> 0.5, smollm2-135m -> 0.135; NaN when the name states none
+    (docs/protocol.md section 1a). A label read off the name, not a parameter count: Llama-3.2-1B
+    has 1.24B parameters (the count ``donors plan`` uses is ``donors.plan.parameter_count``).
+    """
     match = _SIZE.search(name.rsplit("/", 1)[-1])
     if not match:
         return float("nan")
@@ -52,7 +57,7 @@ def results_table(scores: pd.DataFrame) -> pd.DataFrame:
             "target_language": "eval_language",
         }
     )
-    merged["model_size"] = merged["model_name"].map(model_size_billions)
+    merged["model_size"] = merged["model_name"].map(size_from_name)
     quantities = ["score", "score_base", "score_norm", "score_norm_base", "delta_score", "delta_score_norm"]
     grouped = merged.groupby(KEYS, dropna=False)
     table = grouped[quantities].agg(["mean", "std"])

@@ -1,7 +1,7 @@
 """The published study's four benchmarks, loaded through Hugging Face ``datasets``.
 
 Each is one aligned dataset with a configuration per language and ``train`` and ``test``
-splits (paper-protocol.md section 7). Rows become items by the published field names,
+splits (docs/protocol.md section 7). Rows become items by the published field names,
 answer encodings and clean-up rules, and the dataset's ids are kept as item ids, so test sets
 stay parallel across languages. The row checks and their messages are those of every
 table-backed task (:class:`donors.tasks.files.RowTask`).
@@ -46,13 +46,23 @@ TASK_OPTIONS = ("dataset_id", "revision", "data_dir", "data_files", "languages",
 
 @dataclass(frozen=True)
 class Benchmark:
-    """Where a benchmark lives and how one of its rows reads."""
+    """Where a benchmark lives, how one of its rows reads, and what its published splits hold.
+
+    The split sizes are those of the published datasets (docs/protocol.md section 3); the typical
+    prompt lengths are rough English-length figures. ``donors plan`` estimates with both when the
+    data is not at hand.
+    """
 
     name: str
     dataset_id: str
     id_column: str
     columns: tuple[str, ...]
     parse: Callable[[Mapping[str, Any]], Parsed]
+    train_items: int  # per language, in the published train split
+    test_items: int  # per language, in the published test split
+    train_chars: int  # typical characters of one training text
+    test_chars: int  # typical characters of one scored prompt with its choices
+    trains_on_text: bool = False  # trained on a bare text target, never chat-wrapped (TruthfulQA)
 
 
 def _required_text(row: Mapping[str, Any], column: str) -> str:
@@ -132,17 +142,25 @@ def parse_truthfulqa(row: Mapping[str, Any]) -> Parsed:
     return Parsed(f"Question: {question}", choices, answer, target_text=f"Question: {question}\nAnswer: {choices[answer]}")
 
 
+# ARC is a short question and four short options.
 ARC_CHALLENGE = Benchmark(
-    "arc_challenge", "Dr4kl3s/arc_challenge_core_grid_seed42", "id", ("instruction", *OPTION_COLUMNS, "answer"), parse_arc
+    "arc_challenge", "Dr4kl3s/arc_challenge_core_grid_seed42", "id", ("instruction", *OPTION_COLUMNS, "answer"), parse_arc,
+    train_items=300, test_items=400, train_chars=300, test_chars=300,
 )
+# Global-MMLU's questions run longer; its train split is the dev split.
 GLOBAL_MMLU = Benchmark(
-    "global_mmlu", "Dr4kl3s/global_mmlu_lite_core_grid_seed42", "sample_id", ("question", *OPTION_COLUMNS, "answer"), parse_global_mmlu
+    "global_mmlu", "Dr4kl3s/global_mmlu_lite_core_grid_seed42", "sample_id", ("question", *OPTION_COLUMNS, "answer"), parse_global_mmlu,
+    train_items=215, test_items=400, train_chars=500, test_chars=500,
 )
+# HellaSwag has a context and four sentence-long endings.
 HELLASWAG = Benchmark(
-    "hellaswag", "Dr4kl3s/hellaswag_coregrid_seed42", "id", ("activity_label", "ctx_a", "ctx_b", "endings", "label"), parse_hellaswag
+    "hellaswag", "Dr4kl3s/hellaswag_coregrid_seed42", "id", ("activity_label", "ctx_a", "ctx_b", "endings", "label"), parse_hellaswag,
+    train_items=300, test_items=400, train_chars=750, test_chars=750,
 )
+# TruthfulQA trains on "Question: ...\nAnswer: ..." but is scored over all of its MC1 choices.
 TRUTHFULQA = Benchmark(
-    "truthfulqa", "Dr4kl3s/truthfulqa_coregrid_seed42", "truth_id", ("question", "mc1_targets_choices", "mc1_targets_labels"), parse_truthfulqa
+    "truthfulqa", "Dr4kl3s/truthfulqa_coregrid_seed42", "truth_id", ("question", "mc1_targets_choices", "mc1_targets_labels"), parse_truthfulqa,
+    train_items=300, test_items=400, train_chars=120, test_chars=350, trains_on_text=True,
 )
 BENCHMARKS = {benchmark.name: benchmark for benchmark in (ARC_CHALLENGE, GLOBAL_MMLU, HELLASWAG, TRUTHFULQA)}
 
@@ -150,7 +168,7 @@ BENCHMARKS = {benchmark.name: benchmark for benchmark in (ARC_CHALLENGE, GLOBAL_
 class PublishedTask(RowTask):
     """One benchmark, one dataset configuration per language."""
 
-    column_hint = "The benchmark needs its published schema (paper-protocol.md section 7): check dataset_id, revision or the local files"
+    column_hint = "The benchmark needs its published schema (docs/protocol.md section 7): check dataset_id, revision or the local files"
 
     def __init__(
         self,
@@ -173,6 +191,11 @@ class PublishedTask(RowTask):
         self.revision = revision
         self.data_dir = Path.cwd() / Path(data_dir).expanduser() if data_dir else None
         self.data_files = str(Path.cwd() / Path(data_files).expanduser()) if data_files else None
+
+    @property
+    def reads_local_files(self) -> bool:
+        """Whether loading reads local files only; the hub dataset (the default) would go to the network."""
+        return self.data_dir is not None or self.data_files is not None or Path(self.dataset_id).expanduser().is_dir()
 
     def required_columns(self) -> tuple[str, ...]:
         return (self.benchmark.id_column, *self.benchmark.columns)
