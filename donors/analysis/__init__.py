@@ -2,8 +2,8 @@
 
 The published study's sixteen analyses (A1-A16 of the protocol) work on a results table
 in the published schema of any grid; :func:`run_published_analyses` runs them all and
-:func:`save_tables` writes them as the release does. Figures live in
-:mod:`donors.analysis.figures`, imported on demand so that tables need no matplotlib.
+:func:`save_tables` writes them as the release does. Figures of these tables live in
+:mod:`donors.report.figures`; nothing here imports matplotlib.
 """
 
 from donors.analysis.consistency import (
