@@ -171,12 +171,14 @@ class Analysis:
     """Every table of one study (or results CSV), and what they were computed from.
 
     ``tables`` maps a stable name (also its CSV file name) to a table; ``results`` is the
-    published-schema results table under ``metric``; ``findings`` are the validity
+    published-schema results table under ``metric``, ``published_results`` the same table
+    with the stored acc and acc_norm where the schema puts them; ``findings`` are the validity
     sentences (warnings start with ``WARNING:``); ``settings`` the study's config, if any.
     """
 
     tables: dict[str, pd.DataFrame]
     results: pd.DataFrame
+    published_results: pd.DataFrame
     metric: str
     published_metric: str
     findings: list[str]
@@ -220,16 +222,17 @@ def analysis_of(source: str | Path, *, metric: str | None = None) -> Analysis:
             raise ConfigError(f"--metric needs a study directory with stored predictions; {source} is a results table")
         results = load_results_table(source)
         tables = study_tables(results)
-        return Analysis(tables, results, "delta_score_norm", "delta_score_norm", [], None)
+        return Analysis(tables, results, results, "delta_score_norm", "delta_score_norm", [], None)
     settings = _study_settings(source)
     published = (settings or {}).get("eval", {}).get("metric", "acc")
     metric = check_metric(metric or published)
     scores, predictions = _read_store(source)
     stored = StoredOutcomes(scores, predictions)
     results = results_table(stored.target_scores(metric))
+    published_results = results if metric == "acc_norm" else results_table(stored.target_scores("acc_norm"))
     tables = study_tables(results, stored=stored, metric=metric, published_metric=published)
     findings = tables["validity_findings"]["finding"].tolist() if "validity_findings" in tables else []
-    return Analysis(tables, results, metric, published, findings, settings)
+    return Analysis(tables, results, published_results, metric, published, findings, settings)
 
 
 def probe_study(config: StudyConfig | str | Path, n_items: int, *, on_items=None) -> pd.DataFrame:
@@ -291,7 +294,7 @@ def _write_report(source: str | Path, out: str | Path | None = None, *, metric: 
     )
     out.write_text(page, encoding="utf-8")
     if source.is_dir():
-        results_of(source).to_csv(out.with_name("transfer_results.csv"), index=False)
+        result.published_results.to_csv(out.with_name("transfer_results.csv"), index=False)
     else:
         result.results.to_csv(out.with_suffix(".results.csv"), index=False)
     return out, result

@@ -6,7 +6,8 @@ with the file, the field, the value and what is allowed.
 
 from __future__ import annotations
 
-from donors.errors import DonorsError
+from donors.errors import DonorsError, describe_validation_error
+from donors.grid import STUDY_LANGUAGES
 
 import hashlib
 import inspect
@@ -18,7 +19,6 @@ from typing import Any, Literal, Union, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-GRID_LANGUAGES = ("ar", "bn", "de", "en", "es", "fr", "hi", "id", "it", "pt", "zh")
 PAPER_SEEDS = (17, 42, 101)
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -199,7 +199,7 @@ class StudyConfig(_Section):
         "registered name (`donors tasks`) or a mapping with the fields of the tasks section"
     )
     languages: tuple[str, ...] = Field(
-        GRID_LANGUAGES,
+        STUDY_LANGUAGES,
         description="the sources' and targets' languages, at least one, each once: ISO 639-1 codes (2-3 lowercase letters); "
         "the published eleven",
     )
@@ -259,7 +259,7 @@ class StudyConfig(_Section):
     def _language_codes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         for code in value:
             if not (2 <= len(code) <= 3 and code.isalpha() and code.islower()):
-                raise ValueError(f"{code!r} is not a language code; use ISO 639-1 like {', '.join(GRID_LANGUAGES)}")
+                raise ValueError(f"{code!r} is not a language code; use ISO 639-1 like {', '.join(STUDY_LANGUAGES)}")
         return value
 
     @property
@@ -396,21 +396,6 @@ def config_reference() -> str:
     return "\n".join(lines) + "\n"
 
 
-def _format_errors(error: ValidationError, source: str) -> str:
-    lines = [f"{source}: invalid study config"]
-    for e in error.errors():
-        field = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        value = e.get("input")
-        shown = "" if isinstance(value, dict) else f" (got {value!r})"
-        msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
-            msg = "unknown field; check its spelling against the documented fields (docs/config.md, `donors config`)"
-        elif e["type"] == "missing":
-            msg = "required field is missing"
-        lines.append(f"  - {field}: {msg}{shown}")
-    return "\n".join(lines)
-
-
 def config_from_dict(data: dict[str, Any], source: str = "<config>") -> StudyConfig:
     """Validate a plain dict; errors name ``source``, the field, the value and what is allowed."""
     if not isinstance(data, dict):
@@ -418,7 +403,8 @@ def config_from_dict(data: dict[str, Any], source: str = "<config>") -> StudyCon
     try:
         return StudyConfig.model_validate(data)
     except ValidationError as error:
-        raise ConfigError(_format_errors(error, source)) from None
+        heading = f"{source}: invalid study config"
+        raise ConfigError(describe_validation_error(error, heading, reference="docs/config.md, `donors config`")) from None
 
 
 def load_config(path: str | Path) -> StudyConfig:

@@ -11,10 +11,11 @@ class DonorsError(Exception):
     """A study, a table or an input that cannot be used as it is; the message says how to fix it."""
 
 
-def describe_validation_error(error, heading: str, *, noun: str = "field") -> str:
+def describe_validation_error(error, heading: str, *, noun: str = "field", reference: str = "") -> str:
     """A pydantic ``ValidationError`` as ``heading`` and one line per problem: where, what is wrong, the value given.
 
-    ``noun`` names what the keys are to the user ("field" of a config, "option" of a task).
+    ``noun`` names what the keys are to the user ("field" of a config, "option" of a task);
+    ``reference`` where the documented ones are listed.
     """
     lines = [heading]
     for problem in error.errors():
@@ -22,7 +23,7 @@ def describe_validation_error(error, heading: str, *, noun: str = "field") -> st
         value = problem.get("input")
         shown = "" if isinstance(value, dict) or problem["type"] == "missing" else f" (got {value!r})"
         if problem["type"] == "extra_forbidden":
-            message = f"unknown {noun}; check its spelling against the documented {noun}s"
+            message = f"unknown {noun}; check its spelling against the documented {noun}s{f' ({reference})' if reference else ''}"
         elif problem["type"] == "missing":
             message = f"required {noun} is missing"
         else:

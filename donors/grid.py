@@ -1,8 +1,9 @@
-"""The study's grid: cells (task, language) and the regime of a (source, target) pair."""
+"""The study's grid: its languages, cells (task, language), the regime of a (source, target) pair, and the size a model's name states."""
 
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -10,6 +11,24 @@ import numpy as np
 
 STUDY_LANGUAGES = ("ar", "bn", "de", "en", "es", "fr", "hi", "id", "it", "pt", "zh")
 """The published grid's eleven languages, in the order its tables use."""
+
+
+_STATED_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([bBmMkK])")
+_BILLIONS_PER_UNIT = {"b": 1.0, "m": 1e-3, "k": 1e-6}
+
+
+def size_from_name(name: str) -> float:
+    """The published schema's ``model_size``: the size a model's name states, in billions.
+
+    Llama-3.2-1B -> 1, Qwen2.5-0.5B -> 0.5, smollm2-135m -> 0.135; NaN when the name states none
+    (docs/protocol.md section 1a). A label read off the name, not a parameter count: Llama-3.2-1B
+    has 1.24B parameters (the count ``donors plan`` uses is ``donors.plan.parameter_count``).
+    """
+    match = _STATED_SIZE.search(name.rsplit("/", 1)[-1])
+    if not match:
+        return float("nan")
+    return float(match.group(1)) * _BILLIONS_PER_UNIT[match.group(2).lower()]
+
 
 
 @dataclass(frozen=True, order=True)

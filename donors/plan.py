@@ -15,10 +15,10 @@ forward only, 2 x params x tokens.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from donors.config import ConfigError, StudyConfig, TaskSpec
+from donors.grid import size_from_name
 from donors.jobs import cells
 from donors.tasks import get_task
 from donors.tasks.data import DataError, subsample
@@ -47,8 +47,6 @@ PARAMETER_COUNTS_B = {
     "gemma-3-4b-it": 4.3,
 }
 # A size a model's name states ("7B", "135m", "0.5 b"): the estimate for a model not in the table.
-_STATED_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([bBmMkK])")
-_BILLIONS_PER_UNIT = {"b": 1.0, "m": 1e-3, "k": 1e-6}
 
 
 @dataclass(frozen=True)
@@ -159,10 +157,8 @@ def parameter_count(model: str) -> tuple[float, str]:
     key = model.rstrip("/").rsplit("/", 1)[-1].lower()
     if key in PARAMETER_COUNTS_B:
         return PARAMETER_COUNTS_B[key], "published"
-    match = _STATED_SIZE.search(model.rsplit("/", 1)[-1])
-    if not match:
-        return float("nan"), "unknown"
-    return float(match.group(1)) * _BILLIONS_PER_UNIT[match.group(2).lower()], "name"
+    stated = size_from_name(model)
+    return (stated, "name") if stated == stated else (stated, "unknown")
 
 
 def check_throughput(tflops: float, mfu: float) -> None:

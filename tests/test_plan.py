@@ -11,7 +11,7 @@ import yaml
 from typer.testing import CliRunner
 
 from donors import api
-from donors.analysis.transfer import size_from_name
+from donors.grid import size_from_name
 from donors.cli import app
 from donors.config import LORA_TARGETS, ConfigError, load_config
 from donors.plan import CHAT_TEMPLATE_TOKENS, DEFAULT_MFU, DEFAULT_TFLOPS, gpu_hours, parameter_count, plan

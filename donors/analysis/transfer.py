@@ -8,32 +8,14 @@ of ours unchanged.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from donors.grid import regime_labels
+from donors.grid import regime_labels, size_from_name
 
 KEYS = ["model_name", "model_size", "fine_tuned_dataset", "fine_tuned_language", "eval_dataset", "eval_language"]
-_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([bBmMkK])")
-_UNIT = {"b": 1.0, "m": 1e-3, "k": 1e-6}
-
-
-def size_from_name(name: str) -> float:
-    """The published schema's ``model_size``: the size a model's name states, in billions.
-
-    Llama-3.2-1B -> 1, Qwen2.5-0.5B -> 0.5, smollm2-135m -> 0.135; NaN when the name states none
-    (docs/protocol.md section 1a). A label read off the name, not a parameter count: Llama-3.2-1B
-    has 1.24B parameters (the count ``donors plan`` uses is ``donors.plan.parameter_count``).
-    """
-    match = _SIZE.search(name.rsplit("/", 1)[-1])
-    if not match:
-        return float("nan")
-    return float(match.group(1)) * _UNIT[match.group(2).lower()]
-
-
 def results_table(scores: pd.DataFrame) -> pd.DataFrame:
     """Stored per-(state, target) scores -> one row per (model, source, target), published schema."""
     base = scores[scores["source_task"].isna()][["model", "target_task", "target_language", "accuracy", "accuracy_norm"]]

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from donors.config import GRID_LANGUAGES
+from donors.grid import STUDY_LANGUAGES
 from donors.tasks.data import DataError
 from donors.tasks.files import BadRow, ExcludedRow, Parsed, Row, RowTask, Table, as_index, text
 from donors.tasks.item import Split
@@ -179,7 +179,7 @@ class PublishedTask(RowTask):
         revision: str | None = None,
         data_dir: str | None = None,
         data_files: str | None = None,
-        languages: Sequence[str] = GRID_LANGUAGES,
+        languages: Sequence[str] = STUDY_LANGUAGES,
         skip_bad_rows: bool = False,
     ) -> None:
         name = name or benchmark.name
