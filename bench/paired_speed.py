@@ -1,7 +1,7 @@
 """Time the item-level statistics on a full-size synthetic study of one model.
 
 44 sources x 44 targets (4 tasks x 11 languages), 400 items per target, 3 seeds: about
-2.3 million item outcomes. Times building the table's cells, the paired bootstrap
+2.3 million item outcomes. Times building the table's (source, target) pairs, the paired bootstrap
 (1000 replicates), the paired tests with Benjamini-Hochberg, and the asymmetry pairs.
 
     .venv/bin/python bench/paired_speed.py [--items 400] [--seeds 3] [--n-boot 1000]
@@ -35,7 +35,7 @@ def synthetic_outcomes(n_items: int, n_seeds: int, seed: int = 0) -> pd.DataFram
     frames = []
     for j, (task, lang) in enumerate(cells):
         frames.append(pd.DataFrame({"source_task": None, "source_language": None, "seed": np.nan, "target_task": task,
-                                    "target_language": lang, "item_id": items, "correct": base[j].astype(int)}))
+                                    "target_language": lang, "item_id": items, "score": base[j].astype(int)}))
     sources = np.repeat(np.arange(len(cells)), len(cells))
     targets = np.tile(np.arange(len(cells)), len(cells))
     for s in range(n_seeds):
@@ -49,7 +49,7 @@ def synthetic_outcomes(n_items: int, n_seeds: int, seed: int = 0) -> pd.DataFram
             "target_task": np.repeat([cells[i][0] for i in targets], n_items),
             "target_language": np.repeat([cells[i][1] for i in targets], n_items),
             "item_id": np.tile(items, len(sources)),
-            "correct": correct.ravel(),
+            "score": correct.ravel(),
         }))
     outcomes = pd.concat(frames, ignore_index=True)
     outcomes.insert(0, "model", "synthetic-1b")
@@ -69,7 +69,7 @@ def main() -> None:
     start = time.perf_counter()
     bootstrap = paired_bootstrap(outcomes, n_boot=args.n_boot, seed=0)
     intervals = bootstrap.intervals()
-    timings[f"paired bootstrap ({len(intervals):,} cells x {args.n_boot} replicates)"] = time.perf_counter() - start
+    timings[f"paired bootstrap ({len(intervals):,} pairs x {args.n_boot} replicates)"] = time.perf_counter() - start
     start = time.perf_counter()
     tested = paired_significance(outcomes)
     timings["paired tests + Benjamini-Hochberg"] = time.perf_counter() - start
@@ -78,7 +78,7 @@ def main() -> None:
     timings[f"asymmetry ({len(pairs):,} pairs)"] = time.perf_counter() - start
     for name, seconds in timings.items():
         print(f"{name:<52}{seconds:>8.2f} s")
-    print(f"significant cells: {int(tested['significant'].sum())} of {len(tested)}")
+    print(f"significant pairs: {int(tested['significant'].sum())} of {len(tested)}")
 
 
 if __name__ == "__main__":

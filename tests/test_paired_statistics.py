@@ -238,9 +238,9 @@ def test_item_level_tables_from_a_store(tmp_path: Path):
         for (source, target), correct in tuned.items():
             write(store, ModelState(MODEL, Cell("qa", source), 1), target, correct)
     tables = stored_item_level_tables(tmp_path)
-    assert set(tables) == {"paired_transfer_cells", "significant_transfers", "transfer_asymmetry", "most_asymmetric_pairs"}
-    cells = tables["paired_transfer_cells"]
-    assert len(cells) == 4 and {"ci_low", "ci_high", "p_value", "q_value", "significant"} <= set(cells)
+    assert set(tables) == {"transfer_pairs", "significant_transfers", "transfer_asymmetry", "most_asymmetric_pairs"}
+    pairs = tables["transfer_pairs"]
+    assert len(pairs) == 4 and {"ci_low", "ci_high", "p_value", "q_value", "significant"} <= set(pairs)
     significant = tables["significant_transfers"]
     assert significant[["source_language", "target_language"]].values.tolist() == [["en", "de"]]
     assert tables["most_asymmetric_pairs"].iloc[0][["cell_a", "cell_b", "asymmetry"]].tolist() == ["qa/en", "qa/de", pytest.approx(25 / n * 100)]

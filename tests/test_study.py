@@ -79,9 +79,9 @@ def test_a_collapsed_base_is_named_before_training_and_in_the_findings(finished_
     command = donors_command("analyze", str(report.parent), "--metric", "acc_debiased")
     assert command.returncode == 0, command.stderr
     assert "pairs are collapsed" in command.stderr and "tables written" in command.stdout
-    cells = pd.read_csv(report.parent / "analysis" / "paired_transfer_cells.csv")
+    pairs = pd.read_csv(report.parent / "analysis" / "transfer_pairs.csv")
     diagnostics = pd.read_csv(report.parent / "analysis" / "option_diagnostics.csv")
-    assert diagnostics["collapsed"].any() and len(cells) == 4 * N_TARGETS
+    assert diagnostics["collapsed"].any() and len(pairs) == 4 * N_TARGETS
     refused = donors_command("analyze", str(report.parent), "--metric", "nonsense")
     assert refused.returncode == 2 and "unknown metric 'nonsense'" in refused.stderr
 

@@ -36,7 +36,7 @@ from donors.records import ItemPrediction, ModelState
 
 STATE_KEYS = ["model", "seed", "source_task", "source_language"]
 TARGET_KEYS = ["target_task", "target_language"]
-PAIR_KEYS = STATE_KEYS + TARGET_KEYS
+STATE_TARGET_KEYS = STATE_KEYS + TARGET_KEYS
 
 METRICS: dict[str, str] = {
     "acc": "accuracy: the option with the highest log-likelihood (lm-eval's acc)",
@@ -97,7 +97,7 @@ def choice_probabilities(logprobs: pd.Series) -> np.ndarray:
 
 def _group_codes(frame: pd.DataFrame) -> np.ndarray:
     """One integer per (model state, target); missing keys (the base model's source) are a value too."""
-    return frame.groupby(PAIR_KEYS, dropna=False, sort=False).ngroup().to_numpy()
+    return frame.groupby(STATE_TARGET_KEYS, dropna=False, sort=False).ngroup().to_numpy()
 
 
 def position_priors(probabilities: np.ndarray, groups: np.ndarray) -> np.ndarray:
@@ -161,7 +161,7 @@ def item_scores(predictions: pd.DataFrame, metric: str) -> pd.DataFrame:
                     score = _tie_aware_correct(np.log(corrected), gold) if len(gold) else np.zeros(0)
     else:
         return _permutation_scores(predictions, strict=metric == "acc_perm_strict")
-    out = first[PAIR_KEYS + ["item_id"]].copy()
+    out = first[STATE_TARGET_KEYS + ["item_id"]].copy()
     out["score"] = score
     return out
 
@@ -170,9 +170,9 @@ def _permutation_scores(predictions: pd.DataFrame, *, strict: bool) -> pd.DataFr
     if "rotation" not in predictions or not (predictions["rotation"] > 0).any():
         raise MetricError("the permutation metrics need every rotation scored: set eval.permutations: cyclic and rerun the study")
     correct = predictions.assign(score=(predictions["predicted"] == predictions["gold"]).astype(float))
-    grouped = correct.groupby(PAIR_KEYS + ["item_id"], dropna=False, sort=False)["score"]
+    grouped = correct.groupby(STATE_TARGET_KEYS + ["item_id"], dropna=False, sort=False)["score"]
     out = (grouped.min() if strict else grouped.mean()).reset_index()
-    return out[PAIR_KEYS + ["item_id", "score"]]
+    return out[STATE_TARGET_KEYS + ["item_id", "score"]]
 
 
 def target_scores(scores: pd.DataFrame, predictions: pd.DataFrame, metric: str) -> pd.DataFrame:
@@ -186,8 +186,8 @@ def target_scores(scores: pd.DataFrame, predictions: pd.DataFrame, metric: str) 
     if metric == "acc":
         out["accuracy_norm"] = out["accuracy"]
     elif metric != "acc_norm":
-        means = item_scores(predictions, metric).groupby(PAIR_KEYS, dropna=False)["score"].mean().rename("value").reset_index()
-        out = out.merge(means, on=PAIR_KEYS, how="left", validate="one_to_one")
+        means = item_scores(predictions, metric).groupby(STATE_TARGET_KEYS, dropna=False)["score"].mean().rename("value").reset_index()
+        out = out.merge(means, on=STATE_TARGET_KEYS, how="left", validate="one_to_one")
         missing = out["value"].isna()
         if missing.any():
             row = out[missing].iloc[0]
@@ -201,4 +201,4 @@ def chance_level(predictions: pd.DataFrame) -> pd.DataFrame:
     """Per (model state, target): the score a blind guess expects, the mean of 1/k over its items."""
     first = _first_pass(predictions)
     chance = first.assign(chance=1.0 / first["logprobs"].map(len))
-    return chance.groupby(PAIR_KEYS, dropna=False)["chance"].mean().reset_index()
+    return chance.groupby(STATE_TARGET_KEYS, dropna=False)["chance"].mean().reset_index()

@@ -1,6 +1,6 @@
 """Item-level statistics of transfer: paired bootstrap intervals, paired tests, asymmetry.
 
-A study run by this tool stores every item's prediction, so a cell's transfer can be
+A study run by this tool stores every item's prediction, so a pair's transfer can be
 compared item by item with the base model on the same test items, rather than as two
 independent accuracies. The input is :func:`donors.analysis.metrics.item_scores`: one
 row per (model state, target, item) with columns model, seed, source_task,
@@ -13,7 +13,7 @@ points, averaged over seeds: under the same metric, the transfer matrix's Δ.
 
 Conventions shared by every function here:
 
-* the per-item difference of a cell is d_i = (mean over seeds of the fine-tuned
+* the per-item difference of a pair is d_i = (mean over seeds of the fine-tuned
   score of item i) - (base score of item i), so Δ = 100 x mean_i d_i is the
   seed-averaged Δ;
 * uncertainty is over test items only: the seeds run are taken as given (seed-to-seed
@@ -34,29 +34,29 @@ from statsmodels.stats.multitest import multipletests
 from donors.analysis.constants import MODEL, MT_ML, REGIME
 from donors.grid import regime_labels
 
-CELL_KEYS = ["model", "source_task", "source_language", "target_task", "target_language"]
-OUTCOME_COLUMNS = [*CELL_KEYS, "seed", "item_id", "score"]
+PAIR_KEYS = ["model", "source_task", "source_language", "target_task", "target_language"]
+OUTCOME_COLUMNS = [*PAIR_KEYS, "seed", "item_id", "score"]
 EXACT_TEST_MAX_CHANGED = 24
-"""Up to this many changed items a cell gets the exact test (McNemar's rule: b + c < 25)."""
+"""Up to this many changed items a pair gets the exact test (McNemar's rule: b + c < 25)."""
 
 
-def _regime(cells: pd.DataFrame) -> pd.Series:
-    labels = regime_labels(cells["source_task"], cells["source_language"], cells["target_task"], cells["target_language"])
-    return pd.Series(labels, index=cells.index, name=REGIME)
+def _regime(pairs: pd.DataFrame) -> pd.Series:
+    labels = regime_labels(pairs["source_task"], pairs["source_language"], pairs["target_task"], pairs["target_language"])
+    return pd.Series(labels, index=pairs.index, name=REGIME)
 
 
 @dataclass(frozen=True)
 class _TaskBlock:
-    """One model's cells on one target task, over that task's item ids (aligned across languages).
+    """One model's pairs on one target task, over that task's item ids (aligned across languages).
 
-    ``gain`` is, per cell and item, the fine-tuned scores summed over seeds minus ``seeds``
+    ``gain`` is, per pair and item, the fine-tuned scores summed over seeds minus ``seeds``
     x the base score (an integer for 0/1 scores); ``seeds`` counts the seeds that scored
     the item, 0 where the item or its base outcome is missing.
     """
 
     model: str
     task: str
-    cells: pd.DataFrame
+    pairs: pd.DataFrame
     gain: np.ndarray
     seeds: np.ndarray
 
@@ -83,9 +83,9 @@ def _counts(rows: np.ndarray, items: np.ndarray, n_rows: int, n_items: int, weig
 
 
 def _task_blocks(outcomes: pd.DataFrame) -> list[_TaskBlock]:
-    """Per (model, target task): every cell's per-item gains, from integer codes and bincount.
+    """Per (model, target task): every pair's per-item gains, from integer codes and bincount.
 
-    A study has millions of item outcomes, so nothing here loops over cells or rows.
+    A study has millions of item outcomes, so nothing here loops over pairs or rows.
     """
     missing = [c for c in OUTCOME_COLUMNS if c not in outcomes.columns]
     if missing:
@@ -109,22 +109,22 @@ def _task_blocks(outcomes: pd.DataFrame) -> list[_TaskBlock]:
     for key, start, end in zip(keys, starts, ends):
         rows = order[start:end]
         tuned_rows, base_rows = rows[~is_base[rows]], rows[is_base[rows]]
-        cell_key = (source_task[tuned_rows] * n_source_languages + source_language[tuned_rows]) * n_languages + language[tuned_rows]
-        cell_keys, cell_codes = np.unique(cell_key, return_inverse=True)
-        source_part, target_language = np.divmod(cell_keys, n_languages)
-        cell_source_task, cell_source_language = np.divmod(source_part, n_source_languages)
-        cells = pd.DataFrame({
+        pair_key = (source_task[tuned_rows] * n_source_languages + source_language[tuned_rows]) * n_languages + language[tuned_rows]
+        pair_keys, pair_codes = np.unique(pair_key, return_inverse=True)
+        source_part, target_language = np.divmod(pair_keys, n_languages)
+        pair_source_task, pair_source_language = np.divmod(source_part, n_source_languages)
+        pairs = pd.DataFrame({
             "model": models[key // len(tasks)],
-            "source_task": source_tasks[cell_source_task],
-            "source_language": source_languages[cell_source_language],
+            "source_task": source_tasks[pair_source_task],
+            "source_language": source_languages[pair_source_language],
             "target_task": tasks[key % len(tasks)],
             "target_language": languages[target_language],
         })
         items = np.unique(item[rows])
         item_codes = np.searchsorted(items, item[tuned_rows])
-        n_cells, n_items = len(cells), len(items)
-        tuned = _counts(cell_codes, item_codes, n_cells, n_items, correct[tuned_rows])
-        seeds = _counts(cell_codes, item_codes, n_cells, n_items)
+        n_pairs, n_items = len(pairs), len(items)
+        tuned = _counts(pair_codes, item_codes, n_pairs, n_items, correct[tuned_rows])
+        seeds = _counts(pair_codes, item_codes, n_pairs, n_items)
 
         target_languages = np.unique(target_language)
         base_rows = base_rows[np.isin(language[base_rows], target_languages)]
@@ -138,10 +138,10 @@ def _task_blocks(outcomes: pd.DataFrame) -> list[_TaskBlock]:
         seeds = np.where(scored, seeds, 0.0)
         gain = np.where(scored, tuned - seeds * np.nan_to_num(base_accuracy), 0.0)
 
-        seen = np.unique(cell_codes * (len(seed_values) + 1) + seed[tuned_rows] + 1)
-        cells["n_items"] = (seeds > 0).sum(axis=1)
-        cells["n_seeds"] = np.bincount(seen // (len(seed_values) + 1), minlength=n_cells)
-        blocks.append(_TaskBlock(str(cells["model"].iat[0]), str(cells["target_task"].iat[0]), cells, gain, seeds))
+        seen = np.unique(pair_codes * (len(seed_values) + 1) + seed[tuned_rows] + 1)
+        pairs["n_items"] = (seeds > 0).sum(axis=1)
+        pairs["n_seeds"] = np.bincount(seen // (len(seed_values) + 1), minlength=n_pairs)
+        blocks.append(_TaskBlock(str(pairs["model"].iat[0]), str(pairs["target_task"].iat[0]), pairs, gain, seeds))
     return blocks
 
 
@@ -173,20 +173,20 @@ def _percentile_interval(replicates: np.ndarray, level: float) -> tuple[np.ndarr
 
 @dataclass(frozen=True)
 class PairedBootstrap:
-    """Each cell's Δ and its bootstrap replicates (rows aligned), to derive any interval from.
+    """Each pair's Δ and its bootstrap replicates (rows aligned), to derive any interval from.
 
-    ``cells`` has the cell keys, regime, delta, n_items and n_seeds; ``replicates`` is
-    cells x n_boot, in pp. Differences of cells (asymmetry) use the same replicates, so
+    ``pairs`` has the pair keys, regime, delta, n_items and n_seeds; ``replicates`` is
+    pairs x n_boot, in pp. Differences of pairs (asymmetry) use the same replicates, so
     they share the resampled items.
     """
 
-    cells: pd.DataFrame
+    pairs: pd.DataFrame
     replicates: np.ndarray
 
     def intervals(self, level: float = 0.95) -> pd.DataFrame:
-        """The cells with the percentile interval ``ci_low``, ``ci_high`` at ``level``."""
+        """The pairs with the percentile interval ``ci_low``, ``ci_high`` at ``level``."""
         low, high = _percentile_interval(self.replicates, level)
-        table = self.cells.copy()
+        table = self.pairs.copy()
         position = table.columns.get_loc("delta") + 1
         table.insert(position, "ci_low", low)
         table.insert(position + 1, "ci_high", high)
@@ -194,14 +194,14 @@ class PairedBootstrap:
 
 
 def paired_bootstrap(outcomes: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> PairedBootstrap:
-    """Paired bootstrap over test items of every cell's Δ.
+    """Paired bootstrap over test items of every pair's Δ.
 
     Each replicate resamples a task's item ids with replacement once and applies the
     draw jointly to the base and fine-tuned outcomes (the pairing), to every seed (seeds
     share the test set, so the same ids) and to every language of the task (items are
-    aligned by id, so a cross-lingual pair of cells is resampled consistently). Seeds are
+    aligned by id, so the pairs of one task in two languages are resampled consistently). Seeds are
     not resampled (see the module note). The draw is a multinomial count matrix, items x
-    replicates, so every cell of a task is one matrix product: Δ* = Σ w_i d_i / Σ w_i over
+    replicates, so every pair of a task is one matrix product: Δ* = Σ w_i d_i / Σ w_i over
     the target's items (exactly the multinomial bootstrap when, as in a study of this
     tool, every language of a task has the same items). Reproducible from ``seed``.
     """
@@ -218,20 +218,20 @@ def _bootstrap(blocks: list[_TaskBlock], n_boot: int, seed: int) -> PairedBootst
         weights = draws.T.astype(float)
         with np.errstate(invalid="ignore", divide="ignore"):
             replicates.append(100.0 * (block.difference @ weights) / (block.present @ weights))
-        cells = block.cells.copy()
-        cells.insert(len(CELL_KEYS), REGIME, _regime(cells).to_numpy())
-        cells.insert(len(CELL_KEYS) + 1, "delta", _delta(block))
-        frames.append(cells)
+        pairs = block.pairs.copy()
+        pairs.insert(len(PAIR_KEYS), REGIME, _regime(pairs).to_numpy())
+        pairs.insert(len(PAIR_KEYS) + 1, "delta", _delta(block))
+        frames.append(pairs)
     if not frames:
-        columns = [*CELL_KEYS, REGIME, "delta", "n_items", "n_seeds"]
+        columns = [*PAIR_KEYS, REGIME, "delta", "n_items", "n_seeds"]
         return PairedBootstrap(pd.DataFrame(columns=columns), np.empty((0, n_boot)))
-    cells = pd.concat(frames, ignore_index=True)
-    order = cells.sort_values(CELL_KEYS, kind="stable").index.to_numpy()
-    return PairedBootstrap(cells.loc[order].reset_index(drop=True), np.vstack(replicates)[order])
+    pairs = pd.concat(frames, ignore_index=True)
+    order = pairs.sort_values(PAIR_KEYS, kind="stable").index.to_numpy()
+    return PairedBootstrap(pairs.loc[order].reset_index(drop=True), np.vstack(replicates)[order])
 
 
 def paired_bootstrap_deltas(outcomes: pd.DataFrame, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> pd.DataFrame:
-    """Per cell: Δ (pp) with its paired-bootstrap percentile interval; see :func:`paired_bootstrap`.
+    """Per pair: Δ (pp) with its paired-bootstrap percentile interval; see :func:`paired_bootstrap`.
 
     Columns model, source_task, source_language, target_task, target_language, regime,
     delta, ci_low, ci_high, n_items, n_seeds.
@@ -314,7 +314,7 @@ def benjamini_hochberg(p_values: pd.Series, groups: pd.Series) -> pd.Series:
 
 
 def paired_significance(outcomes: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
-    """Per cell: a paired test of Δ = 0 over items, with Benjamini-Hochberg across a model's cells.
+    """Per pair: a paired test of Δ = 0 over items, with Benjamini-Hochberg across a model's pairs.
 
     The test is the paired sign-flip (permutation) test on the per-item gain, summed
     over seeds: under no effect each item's gain is as likely to be negative as
@@ -324,8 +324,8 @@ def paired_significance(outcomes: pd.DataFrame, alpha: float = 0.05) -> pd.DataF
     item once, with its seed-averaged difference, so the repeated seeds of one item are
     not counted as independent pairs (pooling McNemar tables over seeds would be).
 
-    The q-values control the false discovery rate over all cells of each model (the
-    trained cells included); ``significant`` is q < ``alpha``. Columns: the cell keys,
+    The q-values control the false discovery rate over all pairs of each model (the
+    trained cells included); ``significant`` is q < ``alpha``. Columns: the pair keys,
     regime, delta, n_items, n_seeds, n_improved and n_worsened (items whose
     seed-averaged correctness rose or fell: McNemar's b and c with one seed), test
     ("exact" or "chi-square"), p_value, q_value, significant.
@@ -337,18 +337,18 @@ def _significance(blocks: list[_TaskBlock], alpha: float) -> pd.DataFrame:
     frames = []
     for block in blocks:
         p_values, exact = _sign_flip_p_values(block.gain)
-        cells = block.cells.copy()
-        cells.insert(len(CELL_KEYS), REGIME, _regime(cells).to_numpy())
-        cells.insert(len(CELL_KEYS) + 1, "delta", _delta(block))
-        cells["n_improved"] = (block.gain > 0).sum(axis=1)
-        cells["n_worsened"] = (block.gain < 0).sum(axis=1)
-        cells["test"] = np.where(exact, "exact", "chi-square")
-        cells["p_value"] = np.where(cells["n_items"] > 0, p_values, np.nan)
-        frames.append(cells)
-    columns = [*CELL_KEYS, REGIME, "delta", "n_items", "n_seeds", "n_improved", "n_worsened", "test", "p_value", "q_value", "significant"]
+        pairs = block.pairs.copy()
+        pairs.insert(len(PAIR_KEYS), REGIME, _regime(pairs).to_numpy())
+        pairs.insert(len(PAIR_KEYS) + 1, "delta", _delta(block))
+        pairs["n_improved"] = (block.gain > 0).sum(axis=1)
+        pairs["n_worsened"] = (block.gain < 0).sum(axis=1)
+        pairs["test"] = np.where(exact, "exact", "chi-square")
+        pairs["p_value"] = np.where(pairs["n_items"] > 0, p_values, np.nan)
+        frames.append(pairs)
+    columns = [*PAIR_KEYS, REGIME, "delta", "n_items", "n_seeds", "n_improved", "n_worsened", "test", "p_value", "q_value", "significant"]
     if not frames:
         return pd.DataFrame(columns=columns)
-    table = pd.concat(frames, ignore_index=True).sort_values(CELL_KEYS, kind="stable", ignore_index=True)
+    table = pd.concat(frames, ignore_index=True).sort_values(PAIR_KEYS, kind="stable", ignore_index=True)
     table["q_value"] = benjamini_hochberg(table["p_value"], table["model"])
     table["significant"] = table["q_value"] < alpha
     return table[columns]
@@ -359,23 +359,23 @@ def _cell_name(task: pd.Series, language: pd.Series) -> pd.Series:
 
 
 def transfer_asymmetry(bootstrap: PairedBootstrap, level: float = 0.95) -> pd.DataFrame:
-    """For each pair of cells A ≠ B trained and evaluated both ways: Δ(A→B) − Δ(B→A).
+    """For each two cells A ≠ B, each trained on and evaluated on the other: Δ(A→B) − Δ(B→A).
 
-    The interval is the percentile interval of the difference of the two cells'
+    The interval is the percentile interval of the difference of the two directions'
     bootstrap replicates, so both directions share the resampled items (and, for two
     languages of one task, the same item ids). A and B are in name order; a positive
     asymmetry means A gives B more than it gets back. Columns model, cell_a, cell_b,
     regime, a_to_b, b_to_a, asymmetry, ci_low, ci_high, excludes_zero.
     """
     columns = ["model", "cell_a", "cell_b", REGIME, "a_to_b", "b_to_a", "asymmetry", "ci_low", "ci_high", "excludes_zero"]
-    cells = bootstrap.cells
+    pairs = bootstrap.pairs
     named = pd.DataFrame({
-        "model": cells["model"],
-        "source": _cell_name(cells["source_task"], cells["source_language"]),
-        "target": _cell_name(cells["target_task"], cells["target_language"]),
-        REGIME: cells[REGIME],
-        "delta": cells["delta"],
-        "row": np.arange(len(cells)),
+        "model": pairs["model"],
+        "source": _cell_name(pairs["source_task"], pairs["source_language"]),
+        "target": _cell_name(pairs["target_task"], pairs["target_language"]),
+        REGIME: pairs[REGIME],
+        "delta": pairs["delta"],
+        "row": np.arange(len(pairs)),
     })
     forward = named[named["source"] < named["target"]]
     backward = named.rename(columns={"source": "target", "target": "source"})[["model", "source", "target", "delta", "row"]]
@@ -417,8 +417,8 @@ def most_asymmetric_pairs(asymmetry: pd.DataFrame, top: int = 10) -> pd.DataFram
 def regime_summary_by_model(results: pd.DataFrame) -> pd.DataFrame:
     """The regime summary (A2) of each model on its own, indexed by (model_name, bucket).
 
-    Pooling cells over models can reverse a comparison that holds within every model
-    (when models contribute different numbers of cells to each regime), so the pooled
+    Pooling pairs over models can reverse a comparison that holds within every model
+    (when models contribute different numbers of pairs to each regime), so the pooled
     table should be read after this one.
     """
     from donors.analysis.published import regime_summary
@@ -442,19 +442,19 @@ def item_level_tables(
 ) -> dict[str, pd.DataFrame]:
     """Every item-level table of a study, keyed by its stable name (empty when nothing is adapted yet).
 
-    ``paired_transfer_cells``: every cell with its bootstrap interval, test and q-value;
-    ``significant_transfers``: the transfer cells (MT-ML excluded) with q < ``alpha``;
+    ``transfer_pairs``: every pair with its bootstrap interval, test and q-value;
+    ``significant_transfers``: the transfer pairs (MT-ML excluded) with q < ``alpha``;
     ``transfer_asymmetry`` and ``most_asymmetric_pairs``: see :func:`transfer_asymmetry`.
     """
     bootstrap, tested = paired_statistics(outcomes, n_boot=n_boot, seed=seed, alpha=alpha)
-    if bootstrap.cells.empty:
+    if bootstrap.pairs.empty:
         return {}
     extra = ["n_improved", "n_worsened", "test", "p_value", "q_value", "significant"]
-    cells = bootstrap.intervals(level).merge(tested[CELL_KEYS + extra], on=CELL_KEYS, how="left", validate="one_to_one")
-    significant = cells[cells["significant"].fillna(False).astype(bool) & (cells[REGIME] != MT_ML)]
+    pairs = bootstrap.intervals(level).merge(tested[PAIR_KEYS + extra], on=PAIR_KEYS, how="left", validate="one_to_one")
+    significant = pairs[pairs["significant"].fillna(False).astype(bool) & (pairs[REGIME] != MT_ML)]
     asymmetry = transfer_asymmetry(bootstrap, level=level)
     return {
-        "paired_transfer_cells": cells,
+        "transfer_pairs": pairs,
         "significant_transfers": significant.sort_values(["model", "q_value", "delta"], ascending=[True, True, False], ignore_index=True),
         "transfer_asymmetry": asymmetry,
         "most_asymmetric_pairs": most_asymmetric_pairs(asymmetry, top=top),

@@ -117,7 +117,7 @@ def validity_tables(stored: StoredOutcomes, published: str, bias_free: str) -> d
     pooled, own = {}, {}
     for m in (published, bias_free):
         bootstrap, tested = paired_statistics(stored.item_scores(m))
-        pooled[m] = pooled_regime_intervals(bootstrap.cells, bootstrap.replicates)
+        pooled[m] = pooled_regime_intervals(bootstrap.pairs, bootstrap.replicates)
         own[m] = own_cell_gains(tested)
     tables["metric_comparison"] = means
     tables["pooled_regime_intervals"] = pd.concat(pooled, names=["metric", None]).reset_index(level=0).reset_index(drop=True)

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from donors.analysis.constants import DELTA, REGIME, REGIMES
-from donors.analysis.metrics import PAIR_KEYS
+from donors.analysis.metrics import STATE_TARGET_KEYS
 from donors.grid import regime_labels
 from donors.records import COLLAPSE_SHARE
 from donors.tasks.item import LETTERS
@@ -36,10 +36,10 @@ def option_diagnostics(scores: pd.DataFrame) -> pd.DataFrame:
     regime), n, top_option, top_share, collapsed, predicted and gold (the spreads as text),
     gold_imbalance (the largest minus the smallest gold count).
     """
-    columns = [*PAIR_KEYS, "state", "n", "top_option", "top_share", "collapsed", "predicted", "gold", "gold_imbalance"]
+    columns = [*STATE_TARGET_KEYS, "state", "n", "top_option", "top_share", "collapsed", "predicted", "gold", "gold_imbalance"]
     if scores.empty:
         return pd.DataFrame(columns=columns)
-    table = scores[PAIR_KEYS + ["n"]].copy()
+    table = scores[STATE_TARGET_KEYS + ["n"]].copy()
     predicted = scores["predicted_counts"].tolist()
     gold = scores["gold_counts"].tolist()
     top = [int(np.argmax(c)) if len(c) else -1 for c in predicted]
@@ -89,24 +89,24 @@ def disagrees(a: float, b: float) -> bool:
     return small < DISAGREEMENT_RATIO * large
 
 
-def pooled_regime_intervals(paired_cells: pd.DataFrame, replicates: np.ndarray, level: float = 0.95) -> pd.DataFrame:
-    """Per regime, the mean Δ over every model's cells with its paired-bootstrap interval.
+def pooled_regime_intervals(pairs: pd.DataFrame, replicates: np.ndarray, level: float = 0.95) -> pd.DataFrame:
+    """Per regime, the mean Δ over every model's (source, target) pairs with its paired-bootstrap interval.
 
-    ``paired_cells`` and ``replicates`` are :class:`~donors.analysis.paired.PairedBootstrap`'s
-    rows (aligned); the pooled replicate is the mean of the cells' replicates, so the interval
-    carries the item resampling of every cell at once.
+    ``pairs`` and ``replicates`` are :class:`~donors.analysis.paired.PairedBootstrap`'s
+    rows (aligned); the pooled replicate is the mean of the pairs' replicates, so the interval
+    carries the item resampling of every pair at once.
     """
     rows = []
     tail = (1 - level) / 2
     for regime in REGIMES:
-        mask = (paired_cells[REGIME] == regime).to_numpy()
+        mask = (pairs[REGIME] == regime).to_numpy()
         if not mask.any():
             continue
         pooled = np.nanmean(replicates[mask], axis=0)
         low, high = np.nanquantile(pooled, [tail, 1 - tail]) if np.isfinite(pooled).any() else (np.nan, np.nan)
-        rows.append({REGIME: regime, "cells": int(mask.sum()), "delta": float(paired_cells.loc[mask, "delta"].mean()),
+        rows.append({REGIME: regime, "pairs": int(mask.sum()), "delta": float(pairs.loc[mask, "delta"].mean()),
                      "ci_low": float(low), "ci_high": float(high), "excludes_zero": bool(low > 0 or high < 0)})
-    return pd.DataFrame(rows, columns=[REGIME, "cells", "delta", "ci_low", "ci_high", "excludes_zero"])
+    return pd.DataFrame(rows, columns=[REGIME, "pairs", "delta", "ci_low", "ci_high", "excludes_zero"])
 
 
 def own_cell_gains(significance: pd.DataFrame) -> pd.DataFrame:

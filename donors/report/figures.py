@@ -94,7 +94,7 @@ def transfer_heatmap(matrix: pd.DataFrame, title: str = "Transfer (pp)") -> Figu
 
 
 def significance_heatmap(cells: pd.DataFrame, title: str = "Transfer (pp) and significance", alpha: float = 0.05) -> Figure:
-    """One model's rows of ``paired_transfer_cells`` as a heatmap of Δ, cells not significant after BH hatched and dimmed."""
+    """One model's rows of ``transfer_pairs`` as a heatmap of Δ, pairs not significant after BH hatched and dimmed."""
     frame = cells.assign(
         source=cells["source_task"].astype(str) + "/" + cells["source_language"].astype(str),
         target=cells["target_task"].astype(str) + "/" + cells["target_language"].astype(str),

@@ -51,7 +51,7 @@ LARGE_TABLE_ROWS = 1000
 """Tables longer than this are named in the report, not inlined; every table is saved as CSV."""
 SIGNIFICANT_ROWS_PER_MODEL = 25
 
-CELL_COLUMNS = ["model", "source", "target", "regime", "delta", "ci_low", "ci_high", "n_items", "n_seeds", "p_value", "q_value"]
+PAIR_COLUMNS = ["model", "source", "target", "regime", "delta", "ci_low", "ci_high", "n_items", "n_seeds", "p_value", "q_value"]
 
 
 def _has_values(frame: pd.DataFrame | None) -> bool:
@@ -62,13 +62,13 @@ def _has_values(frame: pd.DataFrame | None) -> bool:
     return bool(numbers.notna().to_numpy().any()) and not ("n_sources" in frame and (frame["n_sources"] == 0).all())
 
 
-def _cells_for_display(cells: pd.DataFrame) -> pd.DataFrame:
-    """Item-level cells as source → target rows, p and q in significant digits."""
+def _pairs_for_display(cells: pd.DataFrame) -> pd.DataFrame:
+    """Item-level pairs as source → target rows, p and q in significant digits."""
     shown = cells.assign(
         source=cells["source_task"].astype(str) + "/" + cells["source_language"].astype(str),
         target=cells["target_task"].astype(str) + "/" + cells["target_language"].astype(str),
     )
-    shown = shown[[c for c in CELL_COLUMNS if c in shown]].copy()
+    shown = shown[[c for c in PAIR_COLUMNS if c in shown]].copy()
     for column in ("p_value", "q_value"):
         if column in shown:
             shown[column] = shown[column].map(lambda v: "" if pd.isna(v) else f"{v:.2g}")
@@ -77,7 +77,7 @@ def _cells_for_display(cells: pd.DataFrame) -> pd.DataFrame:
 
 def _significance_sections(tables: dict[str, pd.DataFrame], figure_path) -> list[str]:
     """Per-model heatmaps with non-significant cells hatched, the significant transfers, the asymmetric pairs."""
-    cells = tables.get("paired_transfer_cells")
+    cells = tables.get("transfer_pairs")
     if cells is None or cells.empty:
         return []
     parts = [
@@ -85,30 +85,30 @@ def _significance_sections(tables: dict[str, pd.DataFrame], figure_path) -> list
         "<p class='note'>From the stored per-item predictions: Δ = 100 × (fine-tuned − base accuracy), averaged over seeds. "
         "95% interval: paired bootstrap over test items (the same resampled items for base and fine-tuned, for every seed, "
         "and for every language of a task). Test: McNemar's (one seed) or the paired sign-flip test on seed-averaged "
-        "per-item differences (several seeds), then Benjamini–Hochberg across all cells of each model. "
-        "Hatched, dimmed cells are not significant (q ≥ 0.05).</p>",
+        "per-item differences (several seeds), then Benjamini–Hochberg across all (source, target) pairs of each model. "
+        "Hatched, dimmed pairs are not significant (q ≥ 0.05).</p>",
     ]
     for model, rows in cells.groupby("model", sort=True):
         name = f"significance__{str(model).replace('/', '__')}"
-        parts += [f"<h3>{html.escape(str(model))}</h3>", _png(significance_heatmap(rows, title=f"{model}: Δ (pp), significant cells solid"), figure_path(name))]
+        parts += [f"<h3>{html.escape(str(model))}</h3>", _png(significance_heatmap(rows, title=f"{model}: Δ (pp), significant pairs solid"), figure_path(name))]
     significant = tables.get("significant_transfers")
     transfers = cells[cells["regime"] != "MT-ML"]
     if significant is None or significant.empty:
         low, high = int(cells["n_items"].min()), int(cells["n_items"].max())
         items = f"{low}" if low == high else f"{low}–{high}"
-        parts.append(f"<p>No transfer cell is significant at q &lt; 0.05 ({len(transfers)} transfer cells tested, "
+        parts.append(f"<p>No transfer pair is significant at q &lt; 0.05 ({len(transfers)} transfer pairs tested, "
                      f"{items} items per target).</p>")
     else:
         listed = significant.groupby("model", sort=True).head(SIGNIFICANT_ROWS_PER_MODEL)
         more = (f" The {SIGNIFICANT_ROWS_PER_MODEL} smallest q-values of each model are listed; all are in significant_transfers.csv."
                 if len(listed) < len(significant) else "")
-        parts += [f"<p>{len(significant)} of {len(transfers)} transfer cells are significant at q &lt; 0.05 (trained cells not listed).{more}</p>",
-                  _table(_cells_for_display(listed))]
+        parts += [f"<p>{len(significant)} of {len(transfers)} transfer pairs are significant at q &lt; 0.05 (MT-ML pairs not listed).{more}</p>",
+                  _table(_pairs_for_display(listed))]
     asymmetric = tables.get("most_asymmetric_pairs")
     if asymmetric is not None and not asymmetric.empty:
         parts += ["<h2>Most asymmetric pairs</h2>",
                   "<p class='note'>Asymmetry = Δ(A→B) − Δ(B→A), turned so that A→B is the larger direction; "
-                  "its 95% interval comes from the same item resamples as both cells.</p>",
+                  "its 95% interval comes from the same item resamples as both directions.</p>",
                   _table(asymmetric)]
     return parts
 
@@ -183,7 +183,7 @@ def _summary(tables: dict[str, pd.DataFrame]) -> list[str]:
     if regimes is not None and len(regimes):
         for regime, row in regimes.iterrows():
             lines.append(
-                f"{regime}{pooled}: mean transfer {row['mean_delta']:+.2f} pp over {int(row['n'])} cells; "
+                f"{regime}{pooled}: mean transfer {row['mean_delta']:+.2f} pp over {int(row['n'])} (source, target) pairs; "
                 f"{row['positive_transfer_rate_pct']:.0f}% positive, {row['harm_rate_pct']:.0f}% harmed (Δ ≤ −1 pp)."
             )
     for name, key, what in (("language_donor_recipient", "lang", "language"), ("task_donor_recipient", "dataset", "task")):
@@ -204,11 +204,11 @@ def _summary(tables: dict[str, pd.DataFrame]) -> list[str]:
         (source, target), worst = stacked.idxmin(), stacked.min()
         if worst <= -1:
             lines.append(f"Largest harm for {name.split('__', 1)[1]}: training on {source} changed {target} by {worst:+.1f} pp.")
-    cells = tables.get("paired_transfer_cells")
+    cells = tables.get("transfer_pairs")
     if cells is not None and not cells.empty:
         for model, rows in cells[cells["regime"] != "MT-ML"].groupby("model", sort=True):
             n_significant = int(rows["significant"].fillna(False).astype(bool).sum())
-            lines.append(f"{model}: {n_significant} of {len(rows)} transfer cells significant after Benjamini–Hochberg (q < 0.05).")
+            lines.append(f"{model}: {n_significant} of {len(rows)} transfer pairs significant after Benjamini–Hochberg (q < 0.05).")
     return lines
 
 
@@ -247,7 +247,7 @@ def build_report(
     by_model = tables.get("regime_summary_by_model")
     if by_model is not None and not by_model.empty:
         parts += ["<h2>Regimes per model</h2>",
-                  "<p class='note'>Each model on its own, before the pooled table: pooling cells across models can reverse "
+                  "<p class='note'>Each model on its own, before the pooled table: pooling pairs across models can reverse "
                   "a comparison that holds within every model. MT-ML is the trained cell itself and is kept out of the transfer regimes.</p>",
                   _table(by_model)]
     if "regime_summary" in tables:
@@ -276,7 +276,7 @@ def build_report(
         shown.add("variance_decomposition_all")
         parts += ["<h2>Variance shares</h2>",
                   "<p class='note'>Share (%) of the variance of transfer due to the model, the source and the target "
-                  "(mixed model, sources and targets nested in models), over all transfer cells and per regime.</p>",
+                  "(mixed model, sources and targets nested in models), over all transfer pairs and per regime.</p>",
                   _table(tables["variance_decomposition_all"])]
     if _has_values(tables.get("consistency_by_model")):
         shown.add("consistency_by_model")
