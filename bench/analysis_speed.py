@@ -41,9 +41,11 @@ def main() -> None:
 
     table = results_table(regime_effects={"MT-ML": 2.0, "MT-CL": 1.2, "CT-ML": 0.8}, seed=args.seed)
     threadpoolctl = importlib.util.find_spec("threadpoolctl") is not None
-    print(f"{len(table):,} rows; {os.cpu_count()} CPUs; BLAS threads: "
-          f"{os.environ.get('OPENBLAS_NUM_THREADS', 'default')}; threadpoolctl (one BLAS thread "
-          f"per MixedLM fit): {'yes' if threadpoolctl else 'not installed'}")
+    print(
+        f"{len(table):,} rows; {os.cpu_count()} CPUs; BLAS threads: "
+        f"{os.environ.get('OPENBLAS_NUM_THREADS', 'default')}; threadpoolctl (one BLAS thread "
+        f"per MixedLM fit): {'yes' if threadpoolctl else 'not installed'}"
+    )
     print(f"{'table':<42}{'seconds':>9}")
     timings = {}
     for name, analysis in published_analyses().items():

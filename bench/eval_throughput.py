@@ -118,8 +118,9 @@ def prepare(spec: dict) -> dict:
         peft_model.save_pretrained(path)
         paths.append(str(path))
     info = {"adapters": paths, "body_params": total - embedding, "hidden": hidden, "intermediate": intermediate}
-    info["bounds"] = {fmt: flop_bound({**spec, "items": n, "prompt_format": fmt, "adapters": paths[:k]}, info)
-                      for fmt, k, n in spec["formats"]}
+    info["bounds"] = {
+        fmt: flop_bound({**spec, "items": n, "prompt_format": fmt, "adapters": paths[:k]}, info) for fmt, k, n in spec["formats"]
+    }
     return info
 
 
@@ -162,8 +163,15 @@ def in_process(spec: dict) -> dict:
         predictions[k] = {f"{t}/{lang}": [p.predicted for p in r.predictions] for (t, lang), r in results.items()}
     if native:
         gflops.append(matmul_gflops(2048, 2048, 2048, reps=3))
-    return {"setup_s": setup, "adapter_s": per_adapter, "adapter_cpu_s": cpu, "rss_after_adapter_gib": rss,
-            "peak_rss_gib": rss_gib("VmHWM"), "predictions": predictions, "gflops_alongside": gflops}
+    return {
+        "setup_s": setup,
+        "adapter_s": per_adapter,
+        "adapter_cpu_s": cpu,
+        "rss_after_adapter_gib": rss,
+        "peak_rss_gib": rss_gib("VmHWM"),
+        "predictions": predictions,
+        "gflops_alongside": gflops,
+    }
 
 
 def with_vllm(spec: dict) -> dict:
@@ -171,8 +179,14 @@ def with_vllm(spec: dict) -> dict:
     from donors.evaluate.vllm_backend import VllmScorer
 
     started = time.perf_counter()
-    scorer = VllmScorer(spec["model"], chat_template=spec["chat_template"], prompt_format=spec["prompt_format"], lora_rank=4,
-                        dtype="float32", max_loras=len(spec["adapters"]))
+    scorer = VllmScorer(
+        spec["model"],
+        chat_template=spec["chat_template"],
+        prompt_format=spec["prompt_format"],
+        lora_rank=4,
+        dtype="float32",
+        max_loras=len(spec["adapters"]),
+    )
     targets = load_targets(spec)
     setup = time.perf_counter() - started
     start, start_cpu = time.perf_counter(), _cpu_with_children()
@@ -180,14 +194,19 @@ def with_vllm(spec: dict) -> dict:
     for k, (task, lang), result in scorer.score_adapters([(k, path, targets) for k, path in enumerate(spec["adapters"])]):
         predictions.setdefault(k, {})[f"{task}/{lang}"] = [p.predicted for p in result.predictions]
     # All adapters are scored together: one time for all of them.
-    return {"setup_s": setup, "adapter_s": [time.perf_counter() - start], "adapter_cpu_s": [_cpu_with_children() - start_cpu],
-            "peak_rss_gib": rss_gib("VmHWM"), "predictions": predictions}
+    return {
+        "setup_s": setup,
+        "adapter_s": [time.perf_counter() - start],
+        "adapter_cpu_s": [_cpu_with_children() - start_cpu],
+        "peak_rss_gib": rss_gib("VmHWM"),
+        "predictions": predictions,
+    }
 
 
 def flop_bound(spec: dict, info: dict) -> dict:
     """FLOPs the answers strictly need, and the best dense matmul throughput this process gets."""
-    from donors.tasks.prompts import build_requests
     from donors.models import load_tokenizer
+    from donors.tasks.prompts import build_requests
 
     tokenizer = load_tokenizer(spec["model"])
     body_tokens = head_rows = 0
@@ -197,8 +216,11 @@ def flop_bound(spec: dict, info: dict) -> dict:
             head_rows += sum(len(c) for c in r.continuations)
     per_adapter = 2 * info["body_params"] * body_tokens + 2 * info["hidden"] * head_rows
     shapes = [(2048, 2048, 2048), (spec["batch_size"] * 48, info["hidden"], info["intermediate"])]
-    return {"flops": per_adapter * len(spec["adapters"]), "tokens": body_tokens * len(spec["adapters"]),
-            "gflops": max(matmul_gflops(*s) for s in shapes)}
+    return {
+        "flops": per_adapter * len(spec["adapters"]),
+        "tokens": body_tokens * len(spec["adapters"]),
+        "gflops": max(matmul_gflops(*s) for s in shapes),
+    }
 
 
 def read_samples(output_dir: Path, spec: dict) -> dict[str, list[int]]:
@@ -213,7 +235,9 @@ def read_samples(output_dir: Path, spec: dict) -> dict[str, list[int]]:
             sample = json.loads(line)
             lls = [float(resp[0]) for resp in sample["filtered_resps"]]
             by_id[sample["doc"]["id"]] = max(range(len(lls)), key=lls.__getitem__)
-        ids = [json.loads(line)["id"] for line in (Path(spec["tasks_dir"]) / f"{lm_eval_task_name(task, lang)}.jsonl").read_text().splitlines()]
+        ids = [
+            json.loads(line)["id"] for line in (Path(spec["tasks_dir"]) / f"{lm_eval_task_name(task, lang)}.jsonl").read_text().splitlines()
+        ]
         predicted[f"{task}/{lang}"] = [by_id[i] for i in ids]
     return predicted
 
@@ -228,8 +252,15 @@ def published(spec: dict) -> dict:
 
     source = resolve_model(spec["model"])
     names = ",".join(lm_eval_task_name(t, lang) for t, lang in spec["targets"])
-    env = {**os.environ, "OMP_NUM_THREADS": str(spec["threads"]), "MKL_NUM_THREADS": str(spec["threads"]),
-           "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": str(spec["threads"]),
+        "MKL_NUM_THREADS": str(spec["threads"]),
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
     merge_s, eval_s, cpu, predictions = [], [], [], {}
     for k, path in enumerate(spec["adapters"]):
         merged = Path(spec["workspace"]) / "merged"
@@ -240,9 +271,26 @@ def published(spec: dict) -> dict:
         AutoTokenizer.from_pretrained(source).save_pretrained(merged)
         del model
         merge_s.append(time.perf_counter() - start)
-        command = [sys.executable, "-m", "lm_eval", "--model", "hf", "--model_args", f"pretrained={merged},dtype=float32",
-                   "--tasks", names, "--include_path", spec["tasks_dir"], "--batch_size", str(spec["batch_size"]),
-                   "--device", "cpu", "--log_samples", "--output_path", str(out)]
+        command = [
+            sys.executable,
+            "-m",
+            "lm_eval",
+            "--model",
+            "hf",
+            "--model_args",
+            f"pretrained={merged},dtype=float32",
+            "--tasks",
+            names,
+            "--include_path",
+            spec["tasks_dir"],
+            "--batch_size",
+            str(spec["batch_size"]),
+            "--device",
+            "cpu",
+            "--log_samples",
+            "--output_path",
+            str(out),
+        ]
         if spec["chat_template"]:
             command.append("--apply_chat_template")
         start = time.perf_counter()
@@ -255,9 +303,15 @@ def published(spec: dict) -> dict:
         shutil.rmtree(merged)
         shutil.rmtree(out)
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
-    return {"merge_s": merge_s, "eval_s": eval_s, "adapter_s": [m + e for m, e in zip(merge_s, eval_s)], "adapter_cpu_s": cpu,
-            "setup_s": 0.0,
-            "peak_rss_gib": max(rss_gib("VmHWM"), children), "predictions": predictions}
+    return {
+        "merge_s": merge_s,
+        "eval_s": eval_s,
+        "adapter_s": [m + e for m, e in zip(merge_s, eval_s)],
+        "adapter_cpu_s": cpu,
+        "setup_s": 0.0,
+        "peak_rss_gib": max(rss_gib("VmHWM"), children),
+        "predictions": predictions,
+    }
 
 
 def _cpu_with_children() -> float:
@@ -265,8 +319,14 @@ def _cpu_with_children() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
-WORKERS = {"prepare": prepare, "native": in_process, "native-logits": in_process, "harness": in_process, "published": published,
-           "vllm": with_vllm}
+WORKERS = {
+    "prepare": prepare,
+    "native": in_process,
+    "native-logits": in_process,
+    "harness": in_process,
+    "published": published,
+    "vllm": with_vllm,
+}
 
 
 def run_worker(kind: str, spec: dict) -> tuple[dict, float]:
@@ -274,13 +334,21 @@ def run_worker(kind: str, spec: dict) -> tuple[dict, float]:
     with tempfile.TemporaryDirectory() as tmp:
         spec_file, result_file = Path(tmp) / "spec.json", Path(tmp) / "result.json"
         spec_file.write_text(json.dumps(spec))
-        env = {**os.environ, "OMP_NUM_THREADS": str(spec["threads"]), "MKL_NUM_THREADS": str(spec["threads"]),
-               "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-               # vLLM on a CPU: its engine in this process (its CPU time counted), on as many cores as the others get.
-               "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_OMP_THREADS_BIND": "0" if spec["threads"] == 1 else "auto"}
+        env = {
+            **os.environ,
+            "OMP_NUM_THREADS": str(spec["threads"]),
+            "MKL_NUM_THREADS": str(spec["threads"]),
+            "HF_HUB_OFFLINE": "1",
+            "HF_DATASETS_OFFLINE": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+            # vLLM on a CPU: its engine in this process (its CPU time counted), on as many cores as the others get.
+            "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+            "VLLM_CPU_OMP_THREADS_BIND": "0" if spec["threads"] == 1 else "auto",
+        }
         start = time.perf_counter()
-        done = subprocess.run([sys.executable, __file__, "--worker", kind, str(spec_file), str(result_file)], env=env,
-                              capture_output=True, text=True)
+        done = subprocess.run(
+            [sys.executable, __file__, "--worker", kind, str(spec_file), str(result_file)], env=env, capture_output=True, text=True
+        )
         wall = time.perf_counter() - start
         if done.returncode:
             raise RuntimeError(f"{kind} worker failed:\n{done.stderr[-4000:]}")
@@ -311,11 +379,19 @@ def run_model(model: str, args, workspace: Path) -> dict:
 
         chat = bool(getattr(load_tokenizer(model), "chat_template", None))
     cells = target_cells(args.targets)
-    base_spec = {"model": model, "workspace": str(workspace), "threads": args.threads, "batch_size": args.batch_size,
-                 "chat_template": chat, "targets": cells}
+    base_spec = {
+        "model": model,
+        "workspace": str(workspace),
+        "threads": args.threads,
+        "batch_size": args.batch_size,
+        "chat_template": chat,
+        "targets": cells,
+    }
     lettered = [w for w in args.ways if w != "native-logits" or model in args.logits_only]
-    runs = [("lettered", args.adapters, args.items, lettered),
-            ("continuation", args.option_adapters, args.option_items, [w for w in args.ways if w in ("harness", "native", "vllm")])]
+    runs = [
+        ("lettered", args.adapters, args.items, lettered),
+        ("continuation", args.option_adapters, args.option_items, [w for w in args.ways if w in ("harness", "native", "vllm")]),
+    ]
     runs = [run for run in runs if run[1] and run[2]]
     formats = [(fmt, k, n) for fmt, k, n, _ in runs]
     info, prep_s = run_worker("prepare", {**base_spec, "adapters": max(k for _, k, _ in formats), "formats": formats})
@@ -323,8 +399,14 @@ def run_model(model: str, args, workspace: Path) -> dict:
     for prompt_format, k, n, ways in runs:
         into = report["ways"] if prompt_format == "lettered" else report["options"]
         tasks_dir = workspace / model / f"tasks-{prompt_format}"
-        spec = {**base_spec, "items": n, "prompt_format": prompt_format, "adapters": info["adapters"][:k],
-                "tasks_dir": str(tasks_dir), "info": info}
+        spec = {
+            **base_spec,
+            "items": n,
+            "prompt_format": prompt_format,
+            "adapters": info["adapters"][:k],
+            "tasks_dir": str(tasks_dir),
+            "info": info,
+        }
         for (task, lang), items in load_targets(spec).items():
             write_task(tasks_dir, task, lang, items, prompt_format)
         for way in ways:
@@ -349,17 +431,48 @@ def ratio(way: dict, native: dict | None, key: str) -> str:
 
 
 def print_table(reports: list[dict]) -> None:
-    print(fmt_row(["model", "format", "way", "wall s", "scoring s", "scoring CPU s", "items/s (scoring)",
-                   "wall / native", "scoring / native", "CPU / native", "peak RSS GiB", "agrees w/ native"]))
+    print(
+        fmt_row(
+            [
+                "model",
+                "format",
+                "way",
+                "wall s",
+                "scoring s",
+                "scoring CPU s",
+                "items/s (scoring)",
+                "wall / native",
+                "scoring / native",
+                "CPU / native",
+                "peak RSS GiB",
+                "agrees w/ native",
+            ]
+        )
+    )
     print(fmt_row(["---"] * 12))
     for r in reports:
         for fmt, ways in (("lettered", r["ways"]), ("options", r["options"])):
             native = ways.get("native")
             for way, w in ways.items():
                 agree = f"{100 * agreement(w['predictions'], native['predictions']):.2f}%" if native else "-"
-                print(fmt_row([r["model"], fmt, way, f"{w['wall_s']:.1f}", f"{w['scoring_s']:.1f}", f"{w['cpu_s']:.1f}",
-                               f"{w['items'] / w['scoring_s']:.2f}", ratio(w, native, "wall_s"), ratio(w, native, "scoring_s"),
-                               ratio(w, native, "cpu_s"), f"{w['peak_rss_gib']:.2f}", agree]))
+                print(
+                    fmt_row(
+                        [
+                            r["model"],
+                            fmt,
+                            way,
+                            f"{w['wall_s']:.1f}",
+                            f"{w['scoring_s']:.1f}",
+                            f"{w['cpu_s']:.1f}",
+                            f"{w['items'] / w['scoring_s']:.2f}",
+                            ratio(w, native, "wall_s"),
+                            ratio(w, native, "scoring_s"),
+                            ratio(w, native, "cpu_s"),
+                            f"{w['peak_rss_gib']:.2f}",
+                            agree,
+                        ]
+                    )
+                )
 
 
 def bound_note(model: str, fmt: str, way: str, w: dict) -> str:
@@ -367,11 +480,13 @@ def bound_note(model: str, fmt: str, way: str, w: dict) -> str:
     b = w["bound"]
     best, alongside = b["flops"] / (b["gflops"] * 1e9), b["flops"] / (b["gflops_alongside"] * 1e9)
     rss = w["rss_after_adapter_gib"]
-    return (f"- {model} {fmt} {way}: FLOP lower bound {b['flops'] / 1e12:.2f} TFLOP ({b['tokens']} body tokens) = "
-            f"{best:.1f} s at the best {b['gflops']:.0f} GFLOP/s, {alongside:.1f} s at the {b['gflops_alongside']:.0f} GFLOP/s "
-            f"measured alongside; scoring took {w['scoring_s']:.1f} s wall ({w['scoring_s'] / best:.2f}x the best-case bound), "
-            f"{w['cpu_s']:.1f} s CPU ({w['cpu_s'] / best:.2f}x best-case, {w['cpu_s'] / alongside:.2f}x alongside); "
-            f"RSS after adapter 1 / {len(rss)}: {rss[0]:.2f} / {rss[-1]:.2f} GiB")
+    return (
+        f"- {model} {fmt} {way}: FLOP lower bound {b['flops'] / 1e12:.2f} TFLOP ({b['tokens']} body tokens) = "
+        f"{best:.1f} s at the best {b['gflops']:.0f} GFLOP/s, {alongside:.1f} s at the {b['gflops_alongside']:.0f} GFLOP/s "
+        f"measured alongside; scoring took {w['scoring_s']:.1f} s wall ({w['scoring_s'] / best:.2f}x the best-case bound), "
+        f"{w['cpu_s']:.1f} s CPU ({w['cpu_s'] / best:.2f}x best-case, {w['cpu_s'] / alongside:.2f}x alongside); "
+        f"RSS after adapter 1 / {len(rss)}: {rss[0]:.2f} / {rss[-1]:.2f} GiB"
+    )
 
 
 def print_notes(reports: list[dict]) -> None:
@@ -383,18 +498,24 @@ def print_notes(reports: list[dict]) -> None:
             pub = ways.get("published")
             if pub and "harness" in ways:
                 k = len(pub["eval_s"])
-                print(f"- {r['model']} published, per adapter: merge+save {sum(pub['merge_s']) / k:.1f} s, lm-eval process "
-                      f"{sum(pub['eval_s']) / k:.1f} s (the in-process harness scores the same in "
-                      f"{ways['harness']['scoring_s'] / k:.1f} s)")
+                print(
+                    f"- {r['model']} published, per adapter: merge+save {sum(pub['merge_s']) / k:.1f} s, lm-eval process "
+                    f"{sum(pub['eval_s']) / k:.1f} s (the in-process harness scores the same in "
+                    f"{ways['harness']['scoring_s'] / k:.1f} s)"
+                )
 
 
 def print_report(reports: list[dict], args, started: float) -> None:
     print(f"\n## Evaluation throughput ({datetime.date.today().isoformat()})\n")
-    print(f"machine: {platform.platform()}, {os.cpu_count()} CPU(s), torch threads per process: {args.threads}, "
-          f"fp32; batch size {args.batch_size} (fixed) for every way; chat template: {args.chat_template}")
-    print(f"workload: {args.adapters} adapters x {args.targets} targets x {args.items} items (lettered); option-text "
-          f"variant {args.option_adapters} adapters x {args.targets} targets x {args.option_items} items; whole run "
-          f"{time.perf_counter() - started:.0f} s\n")
+    print(
+        f"machine: {platform.platform()}, {os.cpu_count()} CPU(s), torch threads per process: {args.threads}, "
+        f"fp32; batch size {args.batch_size} (fixed) for every way; chat template: {args.chat_template}"
+    )
+    print(
+        f"workload: {args.adapters} adapters x {args.targets} targets x {args.items} items (lettered); option-text "
+        f"variant {args.option_adapters} adapters x {args.targets} targets x {args.option_items} items; whole run "
+        f"{time.perf_counter() - started:.0f} s\n"
+    )
     print_table(reports)
     print()
     print_notes(reports)
@@ -410,11 +531,19 @@ def main() -> None:
     parser.add_argument("--option-items", type=int, default=25)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process (see docs/eval-benchmark.md)")
-    parser.add_argument("--chat-template", choices=["auto", "on", "off"], default="off",
-                        help="auto: on for a model that has one (the study's default for an instruct model)")
+    parser.add_argument(
+        "--chat-template",
+        choices=["auto", "on", "off"],
+        default="off",
+        help="auto: on for a model that has one (the study's default for an instruct model)",
+    )
     parser.add_argument("--ways", nargs="+", choices=WAYS + OPTIONAL_WAYS, default=list(WAYS))
-    parser.add_argument("--logits-only", nargs="*", default=["gemma3-270m"],
-                        help="models that also get native-logits: native without the full-vocabulary normaliser")
+    parser.add_argument(
+        "--logits-only",
+        nargs="*",
+        default=["gemma3-270m"],
+        help="models that also get native-logits: native without the full-vocabulary normaliser",
+    )
     parser.add_argument("--json", help="also write the raw measurements here, after each model")
     args = parser.parse_args()
     started = time.perf_counter()

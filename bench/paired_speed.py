@@ -34,23 +34,38 @@ def synthetic_outcomes(n_items: int, n_seeds: int, seed: int = 0) -> pd.DataFram
     effect = rng.normal(0.02, 0.05, size=(len(cells), len(cells)))
     frames = []
     for j, (task, lang) in enumerate(cells):
-        frames.append(pd.DataFrame({"source_task": None, "source_language": None, "seed": np.nan, "target_task": task,
-                                    "target_language": lang, "item_id": items, "score": base[j].astype(int)}))
+        frames.append(
+            pd.DataFrame(
+                {
+                    "source_task": None,
+                    "source_language": None,
+                    "seed": np.nan,
+                    "target_task": task,
+                    "target_language": lang,
+                    "item_id": items,
+                    "score": base[j].astype(int),
+                }
+            )
+        )
     sources = np.repeat(np.arange(len(cells)), len(cells))
     targets = np.tile(np.arange(len(cells)), len(cells))
     for s in range(n_seeds):
         improve = rng.random((len(sources), n_items)) < np.clip(effect[sources, targets], 0, None)[:, None] + 0.05
         worsen = rng.random((len(sources), n_items)) < 0.05
         correct = np.where(improve, 1, np.where(worsen, 0, base[targets]))
-        frames.append(pd.DataFrame({
-            "source_task": np.repeat([cells[i][0] for i in sources], n_items),
-            "source_language": np.repeat([cells[i][1] for i in sources], n_items),
-            "seed": float(s),
-            "target_task": np.repeat([cells[i][0] for i in targets], n_items),
-            "target_language": np.repeat([cells[i][1] for i in targets], n_items),
-            "item_id": np.tile(items, len(sources)),
-            "score": correct.ravel(),
-        }))
+        frames.append(
+            pd.DataFrame(
+                {
+                    "source_task": np.repeat([cells[i][0] for i in sources], n_items),
+                    "source_language": np.repeat([cells[i][1] for i in sources], n_items),
+                    "seed": float(s),
+                    "target_task": np.repeat([cells[i][0] for i in targets], n_items),
+                    "target_language": np.repeat([cells[i][1] for i in targets], n_items),
+                    "item_id": np.tile(items, len(sources)),
+                    "score": correct.ravel(),
+                }
+            )
+        )
     outcomes = pd.concat(frames, ignore_index=True)
     outcomes.insert(0, "model", "synthetic-1b")
     return outcomes

@@ -61,17 +61,23 @@ def main() -> None:
             start = time.perf_counter()
             results[way] = scorer.score(model, tokenizer, work, model_name=args.model)
             best[way] = min(best[way], time.perf_counter() - start)
-    print(f"{args.model}, lettered, {len(work)} targets x {args.items} items = {n_items} items, {args.threads} thread(s), best of {args.repeats}")
+    print(
+        f"{args.model}, lettered, {len(work)} targets x {args.items} items = {n_items} items, {args.threads} thread(s), best of {args.repeats}"
+    )
     for way, seconds in best.items():
-        print(f"  permutations {way:<7} {seconds:7.1f} s  {n_items / seconds:6.1f} items/s  ({seconds / best['none']:.2f}x the single pass)")
+        print(
+            f"  permutations {way:<7} {seconds:7.1f} s  {n_items / seconds:6.1f} items/s  ({seconds / best['none']:.2f}x the single pass)"
+        )
     rotated = [p for r in results["cyclic"].values() for p in r.predictions + r.rotations]
     first = [p for r in results["cyclic"].values() for p in r.predictions]
     by_item: dict[tuple, list[bool]] = {}
     for p in rotated:
         by_item.setdefault((p.target_task, p.target_language, p.item_id), []).append(p.predicted == p.gold)
-    print(f"  accuracy: rotation 0 {sum(p.predicted == p.gold for p in first) / len(first):.3f}, "
-          f"mean over rotations {sum(sum(v) / len(v) for v in by_item.values()) / len(by_item):.3f}, "
-          f"right under every rotation {sum(all(v) for v in by_item.values()) / len(by_item):.3f}")
+    print(
+        f"  accuracy: rotation 0 {sum(p.predicted == p.gold for p in first) / len(first):.3f}, "
+        f"mean over rotations {sum(sum(v) / len(v) for v in by_item.values()) / len(by_item):.3f}, "
+        f"right under every rotation {sum(all(v) for v in by_item.values()) / len(by_item):.3f}"
+    )
 
 
 if __name__ == "__main__":

@@ -76,15 +76,27 @@ def split_items(n_train: int, n_validation: int, n_warmup: int = 0):
 
     items = sorted(get_task("number_words").load("en", "train"), key=lambda item: item.id)
     if n_train + n_validation + n_warmup > len(items):
-        raise SystemExit(f"number_words/en has {len(items)} items; {n_train} train + {n_validation} validation "
-                         f"+ {n_warmup} warm-up do not fit")
+        raise SystemExit(
+            f"number_words/en has {len(items)} items; {n_train} train + {n_validation} validation + {n_warmup} warm-up do not fit"
+        )
     random.Random(0).shuffle(items)
     end = n_validation + n_train
     return items[n_validation:end], items[:n_validation], items[end : end + n_warmup]
 
 
-def run_variant(variant: str, model_name: str, steps: int, batch_size: int, max_length: int, lr: float, seed: int,
-                n_validation: int, trainer_shuffle: bool, threads: int | None, repeats: int = 1) -> dict:
+def run_variant(
+    variant: str,
+    model_name: str,
+    steps: int,
+    batch_size: int,
+    max_length: int,
+    lr: float,
+    seed: int,
+    n_validation: int,
+    trainer_shuffle: bool,
+    threads: int | None,
+    repeats: int = 1,
+) -> dict:
     """Train one variant from a freshly loaded model, ``repeats`` times over; runs in its own process."""
     import torch
 
@@ -101,8 +113,15 @@ def run_variant(variant: str, model_name: str, steps: int, batch_size: int, max_
     model, tokenizer = load_model(model_name)
     params = non_embedding_parameters(model)
     lora = LoraConfig(r=32, alpha=64)
-    train = TrainConfig(epochs=1, batch_size=batch_size, learning_rate=lr, warmup_ratio=0.1, max_length=max_length,
-                        validation_fraction=0.0, chat_template=False)
+    train = TrainConfig(
+        epochs=1,
+        batch_size=batch_size,
+        learning_rate=lr,
+        warmup_ratio=0.1,
+        max_length=max_length,
+        validation_fraction=0.0,
+        chat_template=False,
+    )
     train_items, validation_items, warmup_items = split_items(steps * batch_size, n_validation, batch_size)
 
     def encode(items):
@@ -117,8 +136,9 @@ def run_variant(variant: str, model_name: str, steps: int, batch_size: int, max_
 
     def train_ours(items, workdir: Path):
         """train_lora; it hands the base back without its LoRA layers, so the saved adapter is what it trained."""
-        result = train_lora(model, tokenizer, items, lora=lora, train=train, seed=seed, output_dir=workdir / "adapter",
-                            model_name=model_name)
+        result = train_lora(
+            model, tokenizer, items, lora=lora, train=train, seed=seed, output_dir=workdir / "adapter", model_name=model_name
+        )
         return result.steps, workdir / "adapter"
 
     def train_published(items, workdir: Path):
@@ -133,16 +153,36 @@ def run_variant(variant: str, model_name: str, steps: int, batch_size: int, max_
             n = len(example.input_ids)
             ids = list(example.input_ids) + [pad_id] * (max_length - n)
             labels = [-100] * example.loss_start + list(example.input_ids[example.loss_start :]) + [-100] * (max_length - n)
-            dataset.append({"input_ids": torch.tensor(ids), "attention_mask": torch.tensor([1] * n + [0] * (max_length - n)),
-                            "labels": torch.tensor(labels)})
+            dataset.append(
+                {
+                    "input_ids": torch.tensor(ids),
+                    "attention_mask": torch.tensor([1] * n + [0] * (max_length - n)),
+                    "labels": torch.tensor(labels),
+                }
+            )
         torch.manual_seed(seed)  # as train_lora does before get_peft_model: the same initial adapter
         peft_model = get_peft_model(model, peft_config)
         args = TrainingArguments(
-            output_dir=str(workdir), per_device_train_batch_size=batch_size, gradient_accumulation_steps=1, num_train_epochs=1,
-            max_steps=len(items) // batch_size, learning_rate=lr, lr_scheduler_type="linear", warmup_steps=train.warmup_ratio,
-            optim="adamw_torch_fused", weight_decay=0.0, max_grad_norm=1.0, save_strategy="no", eval_strategy="no",
-            logging_strategy="no", report_to=[], seed=seed, data_seed=seed, disable_tqdm=True,
-            dataloader_num_workers=0, train_sampling_strategy="random" if trainer_shuffle else "sequential",
+            output_dir=str(workdir),
+            per_device_train_batch_size=batch_size,
+            gradient_accumulation_steps=1,
+            num_train_epochs=1,
+            max_steps=len(items) // batch_size,
+            learning_rate=lr,
+            lr_scheduler_type="linear",
+            warmup_steps=train.warmup_ratio,
+            optim="adamw_torch_fused",
+            weight_decay=0.0,
+            max_grad_norm=1.0,
+            save_strategy="no",
+            eval_strategy="no",
+            logging_strategy="no",
+            report_to=[],
+            seed=seed,
+            data_seed=seed,
+            disable_tqdm=True,
+            dataloader_num_workers=0,
+            train_sampling_strategy="random" if trainer_shuffle else "sequential",
         )
         steps = Trainer(model=peft_model, args=args, train_dataset=dataset, data_collator=default_data_collator).train().global_step
         peft_model.save_pretrained(workdir / "adapter")
@@ -205,14 +245,36 @@ def add_lower_bounds(rows: list[dict]) -> float:
 
 
 def table(rows: list[dict]) -> str:
-    header = ("model", "variant", "real tok/s", "ex/s", "wall s", "CPU s", "peak RSS MiB", "final val loss",
-              "run's matmul GFLOP/s", "lower-bound s", "wall / bound", "CPU per thread / bound")
+    header = (
+        "model",
+        "variant",
+        "real tok/s",
+        "ex/s",
+        "wall s",
+        "CPU s",
+        "peak RSS MiB",
+        "final val loss",
+        "run's matmul GFLOP/s",
+        "lower-bound s",
+        "wall / bound",
+        "CPU per thread / bound",
+    )
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
-        cells = (r["model"], r["variant"], f"{r['real_tokens'] / r['wall_s']:.0f}", f"{r['examples'] / r['wall_s']:.2f}",
-                 f"{r['wall_s']:.1f}", f"{r['cpu_s']:.1f}", f"{r['peak_rss_mib']:.0f}", f"{r['val_loss']:.5f}",
-                 f"{r['gflops']:.0f}", f"{r['lower_bound_s']:.1f}", f"{r['wall_s'] / r['lower_bound_s']:.2f}",
-                 f"{r['cpu_s'] / r['threads'] / r['lower_bound_s']:.2f}")
+        cells = (
+            r["model"],
+            r["variant"],
+            f"{r['real_tokens'] / r['wall_s']:.0f}",
+            f"{r['examples'] / r['wall_s']:.2f}",
+            f"{r['wall_s']:.1f}",
+            f"{r['cpu_s']:.1f}",
+            f"{r['peak_rss_mib']:.0f}",
+            f"{r['val_loss']:.5f}",
+            f"{r['gflops']:.0f}",
+            f"{r['lower_bound_s']:.1f}",
+            f"{r['wall_s'] / r['lower_bound_s']:.2f}",
+            f"{r['cpu_s'] / r['threads'] / r['lower_bound_s']:.2f}",
+        )
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -258,7 +320,9 @@ def main() -> None:
     parser.add_argument("--trainer-shuffle", action="store_true", help="let the Trainer shuffle (same examples, another order)")
     parser.add_argument("--repeats-ours", type=int, default=3, help="timed runs of ours; the fastest is reported")
     parser.add_argument("--repeats-published", type=int, default=1, help="timed runs of the published recipe (minutes each)")
-    parser.add_argument("--threads", type=int, help="torch threads per run (default: torch's choice); 1 on a machine shared with other work")
+    parser.add_argument(
+        "--threads", type=int, help="torch threads per run (default: torch's choice); 1 on a machine shared with other work"
+    )
     args = parser.parse_args()
     if min(args.repeats_ours, args.repeats_published) < 1:
         parser.error("--repeats-ours and --repeats-published take 1 or more")
@@ -266,22 +330,40 @@ def main() -> None:
     if len(steps) != len(args.models):
         parser.error("--steps takes one value, or one per model")
 
-    print(f"{datetime.date.today()} {platform.node()} {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
+    print(
+        f"{datetime.date.today()} {platform.node()} {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}"
+    )
     rows = []
     context = multiprocessing.get_context("spawn")
     for model, n_steps in zip(args.models, steps):
         for variant in args.variants:
             # A fresh process per run: its peak RSS and its allocator state are its own.
             with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-                row = pool.submit(run_variant, variant, model, n_steps, args.batch_size, args.max_length, args.lr, args.seed,
-                                  args.validation_items, args.trainer_shuffle, args.threads,
-                                  args.repeats_ours if variant == "ours" else args.repeats_published).result()
+                row = pool.submit(
+                    run_variant,
+                    variant,
+                    model,
+                    n_steps,
+                    args.batch_size,
+                    args.max_length,
+                    args.lr,
+                    args.seed,
+                    args.validation_items,
+                    args.trainer_shuffle,
+                    args.threads,
+                    args.repeats_ours if variant == "ours" else args.repeats_published,
+                ).result()
             rows.append(row)
-            print(f"{model} {variant}: {row['wall_s']:.1f} s (best of {', '.join(f'{w:.1f}' for w in row['all_wall_s'])}), val loss {row['val_loss']:.4f}", flush=True)
+            print(
+                f"{model} {variant}: {row['wall_s']:.1f} s (best of {', '.join(f'{w:.1f}' for w in row['all_wall_s'])}), val loss {row['val_loss']:.4f}",
+                flush=True,
+            )
     best = add_lower_bounds(rows)
-    print(f"load average at the end {os.getloadavg()[0]:.2f}; torch threads per run {rows[0]['threads']}; "
-          f"best matmul throughput {best:.0f} GFLOP/s\n")
+    print(
+        f"load average at the end {os.getloadavg()[0]:.2f}; torch threads per run {rows[0]['threads']}; "
+        f"best matmul throughput {best:.0f} GFLOP/s\n"
+    )
     print(table(rows))
     print()
     print(verdicts(rows))

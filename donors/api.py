@@ -1,9 +1,9 @@
 """The Python API: everything the CLI does, as plain calls.
 
-    >>> import donors.api as donors
-    >>> config = donors.load_config("configs/demo.yaml")
-    >>> report = donors.run_study(config)        # train, evaluate, analyse, report; resumable
-    >>> tables = donors.analyze("studies/demo")   # or a results CSV in the published schema
+>>> import donors.api as donors
+>>> config = donors.load_config("configs/demo.yaml")
+>>> report = donors.run_study(config)        # train, evaluate, analyse, report; resumable
+>>> tables = donors.analyze("studies/demo")   # or a results CSV in the published schema
 """
 
 from __future__ import annotations
@@ -17,16 +17,26 @@ from pathlib import Path
 import pandas as pd
 from rich.console import Console
 
-from donors.config import ConfigError, StudyConfig, load_config
 from donors import plan as planning
+from donors.config import ConfigError, StudyConfig, load_config
 from donors.jobs import eval_jobs, train_jobs
 from donors.plan import StudyPlan
 from donors.store import STORE_NAME, ResultsStore, store_path
 from donors.store.lock import study_in_use, study_lock
 
 __all__ = [
-    "StudyConfig", "StudyPlan", "Analysis", "load_config", "run_study", "study_status", "plan_study", "probe_study",
-    "results_of", "analysis_of", "analyze", "write_report",
+    "StudyConfig",
+    "StudyPlan",
+    "Analysis",
+    "load_config",
+    "run_study",
+    "study_status",
+    "plan_study",
+    "probe_study",
+    "results_of",
+    "analysis_of",
+    "analyze",
+    "write_report",
 ]
 
 
@@ -40,9 +50,13 @@ def _check_same_recipe(store: ResultsStore, config: StudyConfig) -> None:
     if stored != config.recipe_hash():
         old = json.loads(store.get_meta("recipe") or "{}")
         new = config.recipe()
-        changed = [f"{section}.{key}: {old.get(section, {}).get(key)!r} -> {value!r}"
-                   for section, fields in new.items() if isinstance(fields, dict)
-                   for key, value in fields.items() if old.get(section, {}).get(key) != value]
+        changed = [
+            f"{section}.{key}: {old.get(section, {}).get(key)!r} -> {value!r}"
+            for section, fields in new.items()
+            if isinstance(fields, dict)
+            for key, value in fields.items()
+            if old.get(section, {}).get(key) != value
+        ]
         changed += [f"{k}: {old.get(k)!r} -> {v!r}" for k, v in new.items() if not isinstance(v, dict) and old.get(k) != v]
         raise ConfigError(
             f"{config.output_dir} holds results made with other settings ({'; '.join(changed) or 'tasks changed'}). "
@@ -97,7 +111,7 @@ def print_findings(analysis: Analysis, console: Console) -> None:
         warning = line.startswith("WARNING:")
         console.print(Text(line, style="yellow" if warning else "green"), soft_wrap=True)
     skipped = analysis.tables.get("skipped_analyses")
-    for row in ([] if skipped is None else skipped.itertuples(index=False)):
+    for row in [] if skipped is None else skipped.itertuples(index=False):
         console.print(Text.assemble(("warning:", "yellow"), f" {row.analysis} skipped: {row.reason}"), soft_wrap=True)
 
 
@@ -289,8 +303,13 @@ def _write_report(source: str | Path, out: str | Path | None = None, *, metric: 
     result = analyze(source, metric=metric)
     out = Path(out) if out else (source / "report.html" if source.is_dir() else source.with_suffix(".html"))
     page = build_report(
-        result.tables, settings=result.settings, title=(result.settings or {}).get("name", source.stem), figures_dir=out.parent / "figures",
-        metric=result.metric, published_metric=result.published_metric, bias_free_metric=BIAS_FREE_METRIC,
+        result.tables,
+        settings=result.settings,
+        title=(result.settings or {}).get("name", source.stem),
+        figures_dir=out.parent / "figures",
+        metric=result.metric,
+        published_metric=result.published_metric,
+        bias_free_metric=BIAS_FREE_METRIC,
     )
     out.write_text(page, encoding="utf-8")
     if source.is_dir():

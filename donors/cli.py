@@ -71,8 +71,12 @@ def plan(
     config: Path = typer.Argument(..., help="study config (YAML)"),
     tflops: float = typer.Option(planning.DEFAULT_TFLOPS, "--tflops", help="peak dense TFLOP/s of one accelerator (default: H100 bf16)"),
     mfu: float = typer.Option(planning.DEFAULT_MFU, "--mfu", help="fraction of the peak actually sustained"),
-    chars_per_token: float = typer.Option(planning.CHARS_PER_TOKEN, "--chars-per-token", help="characters per token when counting prompt tokens"),
-    probe: int = typer.Option(None, "--probe", min=1, help="also score N gold-balanced items per target with each base model, in each format"),
+    chars_per_token: float = typer.Option(
+        planning.CHARS_PER_TOKEN, "--chars-per-token", help="characters per token when counting prompt tokens"
+    ),
+    probe: int = typer.Option(
+        None, "--probe", min=1, help="also score N gold-balanced items per target with each base model, in each format"
+    ),
 ) -> None:
     """Print the jobs, tokens and GPU-hours a config implies; with --probe, whether each base model can read its format."""
     p = _handled(lambda: api.plan_study(config, tflops=tflops, mfu=mfu, chars_per_token=chars_per_token))
@@ -80,24 +84,60 @@ def plan(
     if not out.is_terminal:
         out = Console(width=160)
     table = Table(title=f"plan of {config}" + (" (partly estimated)" if p.estimated else ""))
-    for column in ("model", "params", "train jobs", "states", "eval jobs", "train tokens", "eval tokens",
-                   "train GPU-h", "eval GPU-h", "total GPU-h"):
+    for column in (
+        "model",
+        "params",
+        "train jobs",
+        "states",
+        "eval jobs",
+        "train tokens",
+        "eval tokens",
+        "train GPU-h",
+        "eval GPU-h",
+        "total GPU-h",
+    ):
         table.add_column(column, justify="left" if column == "model" else "right", no_wrap=True)
     for m in p.models:
         params = "?" if m.params_from == "unknown" else f"{m.params_billions:g}B"
-        table.add_row(m.model.rstrip("/").rsplit("/", 1)[-1], params, f"{m.train_jobs:,}", f"{m.model_states:,}", f"{m.eval_jobs:,}", _count(m.train_tokens),
-                      _count(m.eval_tokens), _hours(m.train_gpu_hours), _hours(m.eval_gpu_hours), _hours(m.gpu_hours))
+        table.add_row(
+            m.model.rstrip("/").rsplit("/", 1)[-1],
+            params,
+            f"{m.train_jobs:,}",
+            f"{m.model_states:,}",
+            f"{m.eval_jobs:,}",
+            _count(m.train_tokens),
+            _count(m.eval_tokens),
+            _hours(m.train_gpu_hours),
+            _hours(m.eval_gpu_hours),
+            _hours(m.gpu_hours),
+        )
     table.add_section()
-    table.add_row("total", "", f"{p.train_jobs:,}", f"{p.model_states:,}", f"{p.eval_jobs:,}", _count(p.train_tokens),
-                  _count(p.eval_tokens), _hours(sum(m.train_gpu_hours for m in p.models)),
-                  _hours(sum(m.eval_gpu_hours for m in p.models)), _hours(p.gpu_hours), style="bold")
+    table.add_row(
+        "total",
+        "",
+        f"{p.train_jobs:,}",
+        f"{p.model_states:,}",
+        f"{p.eval_jobs:,}",
+        _count(p.train_tokens),
+        _count(p.eval_tokens),
+        _hours(sum(m.train_gpu_hours for m in p.models)),
+        _hours(sum(m.eval_gpu_hours for m in p.models)),
+        _hours(p.gpu_hours),
+        style="bold",
+    )
     out.print(table)
     data = Table(title="data per task (all study languages, one pass)")
     for column in ("task", "train items", "test items", "tokens / train item", "tokens / test item", "from"):
         data.add_column(column, justify="left" if column in ("task", "from") else "right")
     for t in p.tasks:
-        data.add_row(t.task, f"{t.train_items:,}", f"{t.test_items:,}", f"{t.train_tokens / max(t.train_items, 1):.0f}",
-                     f"{t.test_tokens / max(t.test_items, 1):.0f}", "estimate" if t.estimated else "data")
+        data.add_row(
+            t.task,
+            f"{t.train_items:,}",
+            f"{t.test_items:,}",
+            f"{t.train_tokens / max(t.train_items, 1):.0f}",
+            f"{t.test_tokens / max(t.test_items, 1):.0f}",
+            "estimate" if t.estimated else "data",
+        )
     out.print(data)
     for line in p.assumptions():
         out.print(f"- {line}", highlight=False)
@@ -115,8 +155,17 @@ def _print_probe(config: Path, n_items: int, out: Console) -> None:
         table.add_column(column, justify="left" if column in ("model", "format", "target") else "right")
     for r in result.itertuples():
         collapsed = "[red]yes[/red]" if r.collapsed else "no"
-        table.add_row(r.model.rsplit("/", 1)[-1], r.format, r.target, str(r.n), f"{r.accuracy:.2f}", f"{r.debiased:.2f}",
-                      f"{r.chance:.2f}", f"{r.top_option} {r.top_share:.0%}", collapsed)
+        table.add_row(
+            r.model.rsplit("/", 1)[-1],
+            r.format,
+            r.target,
+            str(r.n),
+            f"{r.accuracy:.2f}",
+            f"{r.debiased:.2f}",
+            f"{r.chance:.2f}",
+            f"{r.top_option} {r.top_share:.0%}",
+            collapsed,
+        )
     out.print(table)
     for line in probe_advice(result, study.eval.prompt_format):
         out.print(line, style="yellow" if line.startswith("WARNING") else "green", highlight=False)
@@ -141,9 +190,11 @@ METRIC_HELP = "the score transfer is computed from: acc, acc_norm, acc_debiased,
 
 
 @app.command()
-def analyze(source: Path = typer.Argument(..., help="a study directory, or a results CSV in the published schema"),
-            out: Path = typer.Option(None, help="directory for the CSV tables"),
-            metric: str = typer.Option(None, "--metric", help=METRIC_HELP)) -> None:
+def analyze(
+    source: Path = typer.Argument(..., help="a study directory, or a results CSV in the published schema"),
+    out: Path = typer.Option(None, help="directory for the CSV tables"),
+    metric: str = typer.Option(None, "--metric", help=METRIC_HELP),
+) -> None:
     """Run every analysis and save each table as CSV; print the validity findings and any analysis that could not run."""
     analysis = _handled(lambda: api.analyze(source, out, metric=metric))
     api.print_findings(analysis, console)
@@ -153,9 +204,11 @@ def analyze(source: Path = typer.Argument(..., help="a study directory, or a res
 
 
 @app.command()
-def report(source: Path = typer.Argument(..., help="a study directory, or a results CSV in the published schema"),
-           out: Path = typer.Option(None, help="HTML file to write"),
-           metric: str = typer.Option(None, "--metric", help=METRIC_HELP)) -> None:
+def report(
+    source: Path = typer.Argument(..., help="a study directory, or a results CSV in the published schema"),
+    out: Path = typer.Option(None, help="HTML file to write"),
+    metric: str = typer.Option(None, "--metric", help=METRIC_HELP),
+) -> None:
     """Write the self-contained HTML report and print its path."""
     typer.echo(str(_handled(lambda: api.write_report(source, out, metric=metric))))
 

@@ -6,9 +6,6 @@ with the file, the field, the value and what is allowed.
 
 from __future__ import annotations
 
-from donors.errors import DonorsError, describe_validation_error
-from donors.grid import STUDY_LANGUAGES
-
 import hashlib
 import inspect
 import json
@@ -18,6 +15,9 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from donors.errors import DonorsError, describe_validation_error
+from donors.grid import STUDY_LANGUAGES
 
 PAPER_SEEDS = (17, 42, 101)
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -51,13 +51,10 @@ class LoraConfig(_Section):
 
     r: int = Field(32, gt=0, description="rank of the LoRA update; 32, as published")
     alpha: int = Field(64, gt=0, description="LoRA scaling alpha (the update is scaled by alpha / r); 64 = 2r, as published")
-    dropout: float = Field(
-        0.0, ge=0.0, lt=1.0, description="dropout on the LoRA layers' input; 0.0, as published (PEFT's default)"
-    )
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout on the LoRA layers' input; 0.0, as published (PEFT's default)")
     target_modules: tuple[str, ...] = Field(
         LORA_TARGETS,
-        description="names of the modules that get an adapter, at least one; as published, all seven attention and MLP "
-        "projections",
+        description="names of the modules that get an adapter, at least one; as published, all seven attention and MLP projections",
     )
 
     @field_validator("target_modules")
@@ -73,38 +70,35 @@ class TrainConfig(_Section):
 
     epochs: int = Field(3, gt=0, description="passes over the training items; 3, as published")
     learning_rate: float = Field(
-        5e-5, gt=0.0, le=1.0,
+        5e-5,
+        gt=0.0,
+        le=1.0,
         description="peak AdamW learning rate; 5e-5, the HF Trainer default the published run left in place",
     )
-    warmup_ratio: float = Field(
-        0.1, ge=0.0, lt=1.0, description="share of the optimiser steps with a linear warmup; 0.1, as published"
-    )
+    warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0, description="share of the optimiser steps with a linear warmup; 0.1, as published")
     batch_size: int = Field(
         8, gt=0, description="effective batch size (examples per optimiser step); 8, the Trainer's default starting batch size"
     )
     micro_batch_size: int | None = Field(
-        None, gt=0,
+        None,
+        gt=0,
         description="examples per forward pass, the rest is gradient accumulation; must divide batch_size. Unset: the "
         "whole batch, halved on out-of-memory (the gradients stay those of batch_size)",
     )
     max_length: int = Field(
-        256, ge=8,
-        description="tokens a training example keeps (left-truncated) for a task without its own max_length; 256, "
-        "published for ARC",
+        256,
+        ge=8,
+        description="tokens a training example keeps (left-truncated) for a task without its own max_length; 256, published for ARC",
     )
     validation_fraction: float = Field(
-        0.1, ge=0.0, lt=1.0,
+        0.1,
+        ge=0.0,
+        lt=1.0,
         description="share of each source's training items held out to pick the best epoch; 0.1, as published (300 -> 270/30)",
     )
-    split_seed: int = Field(
-        42, description="seed of the train/validation split, the same for every experiment seed; 42, as published"
-    )
-    keep_best: bool = Field(
-        True, description="keep the epoch with the lowest validation loss, as published (else the last epoch)"
-    )
-    max_items: int | None = Field(
-        None, gt=0, description="cap on training items per source (before the validation split); all if unset"
-    )
+    split_seed: int = Field(42, description="seed of the train/validation split, the same for every experiment seed; 42, as published")
+    keep_best: bool = Field(True, description="keep the epoch with the lowest validation loss, as published (else the last epoch)")
+    max_items: int | None = Field(None, gt=0, description="cap on training items per source (before the validation split); all if unset")
     chat_template: bool = Field(
         False, description="wrap training prompts in the model's chat template; off, as published (plain-text prompts)"
     )
@@ -115,7 +109,8 @@ class TrainConfig(_Section):
         "text after 'Answer:'. Default: eval.prompt_format, so a model is trained on what it is scored on",
     )
     allow_format_mismatch: bool = Field(
-        False, description="allow a train.prompt_format other than eval.prompt_format (refused otherwise: the scores would measure a format change)"
+        False,
+        description="allow a train.prompt_format other than eval.prompt_format (refused otherwise: the scores would measure a format change)",
     )
 
     @model_validator(mode="after")
@@ -187,8 +182,7 @@ class StudyConfig(_Section):
     name: str = Field("study", description="the study's name, the title of its report")
     output_dir: Path = Field(
         Path("studies/study"),
-        description="the study's directory: results store, adapters (unless storage_dir) and report; relative to the "
-        "working directory",
+        description="the study's directory: results store, adapters (unless storage_dir) and report; relative to the working directory",
     )
     models: tuple[str, ...] = Field(
         description="base models, at least one, each once: an embedded model (`donors models`), a local Hugging Face model "
@@ -283,7 +277,11 @@ class StudyConfig(_Section):
         """Every setting that changes a trained adapter or a score (not the grid)."""
         recipe: dict[str, Any] = {k: getattr(self, k).model_dump(mode="json") for k in ("lora", "train", "eval")}
         # Options added later dump only when set, so stores made before them still resume.
-        for section, key, default in (("train", "prompt_format", None), ("train", "allow_format_mismatch", False), ("eval", "permutations", "none")):
+        for section, key, default in (
+            ("train", "prompt_format", None),
+            ("train", "allow_format_mismatch", False),
+            ("eval", "permutations", "none"),
+        ):
             if recipe[section][key] == default:
                 del recipe[section][key]
         if self.train.max_items or self.eval.max_items:
@@ -390,9 +388,7 @@ def config_reference() -> str:
         lines += ["", f"## {title}", "", doc, "", "| field | type | default | description |", "|---|---|---|---|"]
         for name, field in cls.model_fields.items():
             kind = _type_text(field.annotation) + _bounds_text(field.metadata)
-            lines.append(
-                f"| `{prefix}{name}` | {_cell(kind)} | {_cell(_default_text(field))} | {_cell(field.description or '')} |"
-            )
+            lines.append(f"| `{prefix}{name}` | {_cell(kind)} | {_cell(_default_text(field))} | {_cell(field.description or '')} |")
     return "\n".join(lines) + "\n"
 
 

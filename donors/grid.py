@@ -8,7 +8,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-
 STUDY_LANGUAGES = ("ar", "bn", "de", "en", "es", "fr", "hi", "id", "it", "pt", "zh")
 """The published grid's eleven languages, in the order its tables use."""
 
@@ -30,7 +29,6 @@ def size_from_name(name: str) -> float:
     return float(match.group(1)) * _BILLIONS_PER_UNIT[match.group(2).lower()]
 
 
-
 @dataclass(frozen=True, order=True)
 class Cell:
     """One (task, language) pair: a source when trained on, a target when evaluated on."""
@@ -40,7 +38,6 @@ class Cell:
 
     def __str__(self) -> str:
         return f"{self.task}/{self.language}"
-
 
 
 class Regime(str, enum.Enum):

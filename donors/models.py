@@ -14,8 +14,6 @@ the study config turns it on.
 
 from __future__ import annotations
 
-from donors.errors import DonorsError
-
 import hashlib
 import importlib.metadata
 import os
@@ -30,6 +28,8 @@ from filelock import FileLock
 from platformdirs import user_cache_dir
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
+
+from donors.errors import DonorsError
 
 # Our own progress bars say what is happening; the library's per-load bars are noise here.
 hf_logging.disable_progress_bar()
@@ -143,7 +143,9 @@ def embedded_model_path(name: str) -> Path:
         gguf = model.locate(model, work)
         digest = _sha256(gguf)
         if digest != model.sha256:
-            raise ModelError(f"{gguf}: sha256 {digest} differs from the pinned {model.sha256}; reinstall {model.distribution}=={model.version}")
+            raise ModelError(
+                f"{gguf}: sha256 {digest} differs from the pinned {model.sha256}; reinstall {model.distribution}=={model.version}"
+            )
         kwargs = dict(gguf_file=gguf.name)
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, **kwargs)
         lm = AutoModelForCausalLM.from_pretrained(gguf.parent, dtype=torch.float32, **kwargs)
@@ -194,18 +196,14 @@ def load_tokenizer(name: str, *, trust_remote_code: bool = False) -> PreTrainedT
     return tokenizer
 
 
-def load_model(
-    name: str, *, dtype: str = "auto", trust_remote_code: bool = False
-) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def load_model(name: str, *, dtype: str = "auto", trust_remote_code: bool = False) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a model for scoring or LoRA training, in eval mode, on the best device.
 
     On the CPU this also sets ``TRANSFORMERS_SDPA_FORCE_GQA=1`` for the process (unless already
     set): grouped-query attention without copying key/value heads, the same logits.
     """
     path = resolve_model(name)
-    model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=pick_dtype(dtype), trust_remote_code=trust_remote_code, use_safetensors=True
-    )
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=pick_dtype(dtype), trust_remote_code=trust_remote_code, use_safetensors=True)
     device = pick_device()
     if device.type == "cpu":
         # torch's CPU attention takes grouped-query heads with a padding mask as they are; without
@@ -234,7 +232,9 @@ def soft_cap(logits: torch.Tensor, softcap: float | None) -> torch.Tensor:
     return torch.tanh(logits / softcap) * softcap if softcap else logits
 
 
-def head_logits(hidden: torch.Tensor, head: torch.nn.Module, softcap: float | None = None, token_ids: torch.Tensor | None = None) -> torch.Tensor:
+def head_logits(
+    hidden: torch.Tensor, head: torch.nn.Module, softcap: float | None = None, token_ids: torch.Tensor | None = None
+) -> torch.Tensor:
     """Logits at the given hidden states, for all tokens or only ``token_ids``."""
     if token_ids is None:
         logits = head(hidden)

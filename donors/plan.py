@@ -237,7 +237,9 @@ def task_sizes(spec: TaskSpec, config: StudyConfig, chars_per_token: float = CHA
         return _published(spec, task.benchmark, config, chars_per_token, f"local data unreadable ({str(error).splitlines()[0]})")
 
 
-def plan(config: StudyConfig, *, tflops: float = DEFAULT_TFLOPS, mfu: float = DEFAULT_MFU, chars_per_token: float = CHARS_PER_TOKEN) -> StudyPlan:
+def plan(
+    config: StudyConfig, *, tflops: float = DEFAULT_TFLOPS, mfu: float = DEFAULT_MFU, chars_per_token: float = CHARS_PER_TOKEN
+) -> StudyPlan:
     """Job counts, tokens, FLOPs and GPU-hours per model, without loading a model or data from the hub."""
     if chars_per_token <= 0:
         raise ConfigError(f"--chars-per-token must be positive, got {chars_per_token}")
@@ -260,13 +262,31 @@ def plan(config: StudyConfig, *, tflops: float = DEFAULT_TFLOPS, mfu: float = DE
         eval_flops = EVAL_FLOPS_PER_PARAM_TOKEN * params * 1e9 * eval_tokens
         rows.append(
             ModelPlan(
-                model, params, params_from, n_train, n_states, n_states * n_targets, train_tokens, eval_tokens,
-                train_flops, eval_flops, gpu_hours(train_flops, tflops, mfu), gpu_hours(eval_flops, tflops, mfu),
+                model,
+                params,
+                params_from,
+                n_train,
+                n_states,
+                n_states * n_targets,
+                train_tokens,
+                eval_tokens,
+                train_flops,
+                eval_flops,
+                gpu_hours(train_flops, tflops, mfu),
+                gpu_hours(eval_flops, tflops, mfu),
             )
         )
     return StudyPlan(
-        tuple(rows), sizes, n_sources, n_targets, n_seeds, tflops, mfu, chars_per_token,
-        config.train.chat_template, config.eval.chat_template,
+        tuple(rows),
+        sizes,
+        n_sources,
+        n_targets,
+        n_seeds,
+        tflops,
+        mfu,
+        chars_per_token,
+        config.train.chat_template,
+        config.eval.chat_template,
     )
 
 

@@ -55,12 +55,20 @@ def probe_base_models(
                 predictions = predictions_frame(ModelState(model_name), result.predictions)
                 score = result.score
                 top = max(range(len(score.predicted_counts)), key=score.predicted_counts.__getitem__)
-                rows.append({
-                    "model": model_name, "format": fmt, "target": str(cell), "n": score.n, "accuracy": score.accuracy,
-                    "debiased": float(item_scores(predictions, "acc_debiased")["score"].mean()),
-                    "chance": sum(1 / len(p.logprobs) for p in result.predictions) / score.n,
-                    "top_option": "ABCDEFGHIJ"[top], "top_share": score.top_share, "collapsed": score.collapsed,
-                })
+                rows.append(
+                    {
+                        "model": model_name,
+                        "format": fmt,
+                        "target": str(cell),
+                        "n": score.n,
+                        "accuracy": score.accuracy,
+                        "debiased": float(item_scores(predictions, "acc_debiased")["score"].mean()),
+                        "chance": sum(1 / len(p.logprobs) for p in result.predictions) / score.n,
+                        "top_option": "ABCDEFGHIJ"[top],
+                        "top_share": score.top_share,
+                        "collapsed": score.collapsed,
+                    }
+                )
         del model
     return pd.DataFrame(rows, columns=PROBE_COLUMNS)
 
@@ -75,12 +83,16 @@ def probe_advice(probe: pd.DataFrame, study_format: str) -> list[str]:
             others = rows[(rows["format"] != study_format) & ~rows["collapsed"]]
             remedy = (
                 f"; in the {others['format'].iat[0]} format {len(others)} of {len(own)} targets are not collapsed: "
-                f"set eval.prompt_format: {others['format'].iat[0]}" if len(others) else "; no format tried reads better"
+                f"set eval.prompt_format: {others['format'].iat[0]}"
+                if len(others)
+                else "; no format tried reads better"
             )
             lines.append(
                 f"WARNING: {model} answers one option for >= 80% of the items on {collapsed} of {len(own)} targets in the "
                 f"{study_format} format: its adapters would learn a position, not the task{remedy}."
             )
         else:
-            lines.append(f"{model}: no target collapsed in the {study_format} format (mean accuracy {own['accuracy'].mean():.2f}, chance {own['chance'].mean():.2f}).")
+            lines.append(
+                f"{model}: no target collapsed in the {study_format} format (mean accuracy {own['accuracy'].mean():.2f}, chance {own['chance'].mean():.2f})."
+            )
     return lines

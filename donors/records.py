@@ -6,7 +6,6 @@ from dataclasses import dataclass, field
 
 from donors.grid import Cell
 
-
 COLLAPSE_SHARE = 0.8
 """A (model state, target) whose most-predicted option takes this share of its items is *collapsed*."""
 

@@ -24,8 +24,14 @@ MIN_INK_FRACTION = 0.005
 
 def screenshot(report: Path, out: Path, window: str, chromium: str = CHROMIUM) -> subprocess.CompletedProcess:
     command = [
-        chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-        f"--screenshot={out}", f"--window-size={window}", report.resolve().as_uri(),
+        chromium,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--hide-scrollbars",
+        f"--screenshot={out}",
+        f"--window-size={window}",
+        report.resolve().as_uri(),
     ]
     return subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT_SECONDS)
 

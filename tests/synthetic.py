@@ -33,12 +33,32 @@ PUBLISHED_LANGUAGES = ("ar", "bn", "de", "en", "es", "fr", "hi", "id", "it", "pt
 
 KEYS = ["model_name", "fine_tuned_dataset", "fine_tuned_language", "eval_dataset", "eval_language"]
 SCHEMA = [
-    "model_name", "model_size", "fine_tuned_dataset", "fine_tuned_language", "eval_dataset",
-    "eval_language", "regime", "score_mean", "score_std", "score_base_mean", "score_base_std",
-    "score_norm_mean", "score_norm_std", "score_norm_base_mean", "score_norm_base_std",
-    "delta_score_mean", "delta_score_std", "delta_score_norm_mean", "delta_score_norm_std",
-    "n_seeds", "score_se", "score_base_se", "score_norm_se", "score_norm_base_se",
-    "delta_score_se", "delta_score_norm_se",
+    "model_name",
+    "model_size",
+    "fine_tuned_dataset",
+    "fine_tuned_language",
+    "eval_dataset",
+    "eval_language",
+    "regime",
+    "score_mean",
+    "score_std",
+    "score_base_mean",
+    "score_base_std",
+    "score_norm_mean",
+    "score_norm_std",
+    "score_norm_base_mean",
+    "score_norm_base_std",
+    "delta_score_mean",
+    "delta_score_std",
+    "delta_score_norm_mean",
+    "delta_score_norm_std",
+    "n_seeds",
+    "score_se",
+    "score_base_se",
+    "score_norm_se",
+    "score_norm_base_se",
+    "delta_score_se",
+    "delta_score_norm_se",
 ]
 
 
@@ -56,9 +76,7 @@ def grid(
     """Every (model, source, target) key of a full grid, with model_size and regime."""
     models = dict(PUBLISHED_MODELS if models is None else models)
     cells = [(t, lang) for t in tasks for lang in languages]
-    index = pd.MultiIndex.from_tuples(
-        [(m, *s, *t) for m in models for s in cells for t in cells], names=KEYS
-    )
+    index = pd.MultiIndex.from_tuples([(m, *s, *t) for m in models for s in cells for t in cells], names=KEYS)
     frame = index.to_frame(index=False)
     frame.insert(1, "model_size", frame["model_name"].map(models).astype(float))
     frame["regime"] = regime_of(

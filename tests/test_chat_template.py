@@ -13,7 +13,15 @@ import pytest
 from donors.evaluate.native import score_choices
 from donors.models import load_model, load_tokenizer
 from donors.tasks.item import Item
-from donors.tasks.prompts import ChatTemplateError, build_requests, continuation_prompt, encode_example, lettered_prompt, render_prompt, training_text
+from donors.tasks.prompts import (
+    ChatTemplateError,
+    build_requests,
+    continuation_prompt,
+    encode_example,
+    lettered_prompt,
+    render_prompt,
+    training_text,
+)
 
 pytestmark = pytest.mark.slow  # trains or scores a real model
 
@@ -103,7 +111,10 @@ def test_continuation_training_puts_the_loss_on_exactly_the_option_text(tokenize
     prompt, target = training_text(item, tokenizer, prompt_format="continuation", chat_template=True)
     assert prompt.endswith("<|im_start|>assistant\n") and target == "Ice"
     # A text-target item (TruthfulQA) is trained on its gold option like any other in this format.
-    assert training_text(TRUTHFUL, tokenizer, prompt_format="continuation", chat_template=False) == ("Question: Question: Can pigs fly?\nAnswer:", " No")
+    assert training_text(TRUTHFUL, tokenizer, prompt_format="continuation", chat_template=False) == (
+        "Question: Question: Can pigs fly?\nAnswer:",
+        " No",
+    )
 
 
 def test_a_model_without_a_chat_template_says_how_to_fix_the_config(no_template):

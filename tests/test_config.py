@@ -83,9 +83,13 @@ def test_a_task_can_have_its_own_training_length(tmp_path):
 def test_training_and_evaluation_formats_must_agree_unless_the_config_says_so():
     base = {"models": ["smollm2-135m"], "tasks": ["number_words"]}
     assert config_from_dict({**base, "eval": {"prompt_format": "continuation"}}).train_format == "continuation"
-    with pytest.raises(ConfigError, match="train.prompt_format is 'lettered' but eval.prompt_format is 'continuation'.*allow_format_mismatch"):
+    with pytest.raises(
+        ConfigError, match="train.prompt_format is 'lettered' but eval.prompt_format is 'continuation'.*allow_format_mismatch"
+    ):
         config_from_dict({**base, "train": {"prompt_format": "lettered"}, "eval": {"prompt_format": "continuation"}})
-    mixed = config_from_dict({**base, "train": {"prompt_format": "lettered", "allow_format_mismatch": True}, "eval": {"prompt_format": "continuation"}})
+    mixed = config_from_dict(
+        {**base, "train": {"prompt_format": "lettered", "allow_format_mismatch": True}, "eval": {"prompt_format": "continuation"}}
+    )
     assert mixed.train_format == "lettered" and mixed.recipe()["train"]["prompt_format"] == "lettered"
     with pytest.raises(ConfigError, match="eval: .*permutations apply to the lettered format"):
         config_from_dict({**base, "eval": {"prompt_format": "continuation", "permutations": "cyclic"}})

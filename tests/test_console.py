@@ -113,11 +113,7 @@ def test_a_failing_analysis_is_recorded_with_its_error_and_the_others_still_run(
 
 @pytest.mark.skipif(not (BIN / "lang2vec.py").exists(), reason="lang2vec installed no lang2vec.py script")
 def test_a_shadowed_lang2vec_is_an_error_naming_the_file():
-    code = (
-        f"import sys; sys.path.insert(0, {str(BIN)!r})\n"
-        "from donors.analysis.typology import _lang2vec\n"
-        "_lang2vec()\n"
-    )
+    code = f"import sys; sys.path.insert(0, {str(BIN)!r})\nfrom donors.analysis.typology import _lang2vec\n_lang2vec()\n"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode != 0
     assert "Lang2vecShadowed" in result.stderr and str(BIN / "lang2vec.py") in result.stderr

@@ -14,8 +14,8 @@ from collections import Counter
 import pytest
 from babel.core import get_global
 
-from donors.tasks import Task, get_task, task_names
 from donors.grid import STUDY_LANGUAGES as LANGUAGES
+from donors.tasks import Task, get_task, task_names
 from donors.tasks.embedded import TASK_NAMES
 from donors.tasks.embedded.cldr import CONTINENT_OF_TZ_AREA, locale
 from donors.tasks.embedded.number_words import LARGEST, near_misses
@@ -36,12 +36,7 @@ ASCII_LETTER = re.compile("[A-Za-z]")
 def items() -> dict[tuple[str, str, str], list[Item]]:
     """Every (task, language, split) of the pack, built once."""
     tasks = {name: get_task(name) for name in TASK_NAMES}
-    return {
-        (name, language, split): tasks[name].load(language, split)
-        for name in TASK_NAMES
-        for language in LANGUAGES
-        for split in SPLITS
-    }
+    return {(name, language, split): tasks[name].load(language, split) for name in TASK_NAMES for language in LANGUAGES for split in SPLITS}
 
 
 def _fingerprint(item: Item) -> tuple:

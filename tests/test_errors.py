@@ -38,9 +38,17 @@ def test_a_language_the_task_lacks_is_named_before_any_training(tmp_path):
         for split, ids in (("train", range(0, 6)), ("test", range(6, 10))):
             rows = [{"id": str(i), "text": f"sentence {i}", "label": "yes" if i % 2 else "no"} for i in ids]
             (data / language / f"{split}.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
-    task = {"name": "yesno", "options": {"source": "files", "path": str(data / "{language}" / "{split}.jsonl"),
-                                         "columns": {"id": "id", "question": "text", "answer": "label"},
-                                         "labels": ["yes", "no"], "answer_type": "label", "languages": ["en", "de"]}}
+    task = {
+        "name": "yesno",
+        "options": {
+            "source": "files",
+            "path": str(data / "{language}" / "{split}.jsonl"),
+            "columns": {"id": "id", "question": "text", "answer": "label"},
+            "labels": ["yes", "no"],
+            "answer_type": "label",
+            "languages": ["en", "de"],
+        },
+    }
     _, result = run_cli(tmp_path, {"models": ["smollm2-135m"], "tasks": [task], "languages": ["en", "fr"]})
     assert result.exit_code == 2
     assert "yesno" in result.output and "fr" in result.output
@@ -48,9 +56,17 @@ def test_a_language_the_task_lacks_is_named_before_any_training(tmp_path):
 
 
 def test_a_missing_data_file_names_the_file(tmp_path):
-    task = {"name": "yesno", "options": {"source": "files", "path": str(tmp_path / "nowhere" / "{language}-{split}.csv"),
-                                         "columns": {"id": "id", "question": "text", "answer": "label"},
-                                         "labels": ["yes", "no"], "answer_type": "label", "languages": ["en"]}}
+    task = {
+        "name": "yesno",
+        "options": {
+            "source": "files",
+            "path": str(tmp_path / "nowhere" / "{language}-{split}.csv"),
+            "columns": {"id": "id", "question": "text", "answer": "label"},
+            "labels": ["yes", "no"],
+            "answer_type": "label",
+            "languages": ["en"],
+        },
+    }
     _, result = run_cli(tmp_path, {"models": ["smollm2-135m"], "tasks": [task], "languages": ["en"]})
     assert result.exit_code == 2
     assert "nowhere" in result.output and "en-" in result.output

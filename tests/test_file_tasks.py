@@ -25,8 +25,17 @@ from donors.tasks.prompts import lettered_prompt
 REPO = Path(__file__).resolve().parents[1]
 SIB200 = REPO.parent / "shared" / "data" / "sib200"
 SIB200_CODES = {
-    "ar": "arb_Arab", "bn": "ben_Beng", "de": "deu_Latn", "en": "eng_Latn", "es": "spa_Latn", "fr": "fra_Latn",
-    "hi": "hin_Deva", "id": "ind_Latn", "it": "ita_Latn", "pt": "por_Latn", "zh": "zho_Hans",
+    "ar": "arb_Arab",
+    "bn": "ben_Beng",
+    "de": "deu_Latn",
+    "en": "eng_Latn",
+    "es": "spa_Latn",
+    "fr": "fra_Latn",
+    "hi": "hin_Deva",
+    "id": "ind_Latn",
+    "it": "ita_Latn",
+    "pt": "por_Latn",
+    "zh": "zho_Hans",
 }
 SIB200_LABELS = ("science/technology", "travel", "politics", "sports", "health", "entertainment", "geography")
 needs_sib200 = pytest.mark.skipif(not SIB200.is_dir(), reason="the shared SIB-200 data is not on this machine")
@@ -55,7 +64,10 @@ def quiz_rows(language: str, ids: range) -> Rows:
         {
             "qid": f"q{n}",
             "stem": f"[{language}] {n} + 1 =",
-            "a": str(n + 1), "b": str(n + 2), "c": str(n), "d": str(n - 1),
+            "a": str(n + 1),
+            "b": str(n + 2),
+            "c": str(n),
+            "d": str(n - 1),
             "letter": "A",
             "options": [str(n + 1), str(n + 2), str(n), str(n - 1)],
             "position": 0,
@@ -151,7 +163,13 @@ def test_sib200_study_config_loads_and_passes_the_study_checks(monkeypatch: pyte
 def test_every_format_reads_to_the_same_items(tmp_path: Path, suffix: str) -> None:
     task = quiz_task(write_quiz(tmp_path, suffix=suffix))
     item = task.load("de", "test")[0]
-    assert (item.id, item.task, item.question, item.choices, item.answer_index) == ("q10", "quiz", "[de] 10 + 1 =", ("11", "12", "10", "9"), 0)
+    assert (item.id, item.task, item.question, item.choices, item.answer_index) == (
+        "q10",
+        "quiz",
+        "[de] 10 + 1 =",
+        ("11", "12", "10", "9"),
+        0,
+    )
     assert [i.id for i in task.load("en", "test")] == ["q10", "q11", "q12"]
 
 
@@ -225,7 +243,9 @@ def test_a_missing_file_names_its_path_and_the_options_to_fix(tmp_path: Path) ->
 
 
 def test_a_missing_column_names_the_file_and_the_column(tmp_path: Path) -> None:
-    task = quiz_task(write_quiz(tmp_path, suffix=".csv"), columns={"id": "qid", "question": "query", "choices": ["a", "b"], "answer": "letter"})
+    task = quiz_task(
+        write_quiz(tmp_path, suffix=".csv"), columns={"id": "qid", "question": "query", "choices": ["a", "b"], "answer": "letter"}
+    )
     message = raised(task, ("en", "train"))
     assert str(tmp_path / "en" / "train.csv") in message and "missing column 'query'" in message and "'stem'" in message
 

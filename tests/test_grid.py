@@ -1,5 +1,5 @@
 from donors.config import config_from_dict
-from donors.grid import Cell, Regime
+from donors.grid import STUDY_LANGUAGES, Cell, Regime
 from donors.jobs import cells, eval_jobs, train_jobs
 
 
@@ -13,7 +13,7 @@ def test_regimes_of_every_kind():
 
 def test_regime_counts_match_the_published_grid_shape():
     # 4 tasks x 11 languages: per source 1 MT-ML, 10 MT-CL, 3 CT-ML, 30 CT-CL (docs/protocol.md section 5).
-    grid = [Cell(t, l) for t in "abcd" for l in ("ar", "bn", "de", "en", "es", "fr", "hi", "id", "it", "pt", "zh")]
+    grid = [Cell(task, language) for task in "abcd" for language in STUDY_LANGUAGES]
     counts = {}
     for s in grid:
         for t in grid:

@@ -14,10 +14,11 @@ from peft import PeftModel
 from donors.config import EvalConfig, LoraConfig, StudyConfig, TrainConfig
 from donors.evaluate import get_scorer
 from donors.evaluate.harness import HarnessScorer
-from donors.evaluate.native import NativeScorer, _full_continuation_logprobs, _shared_context_logprobs, build_requests
+from donors.evaluate.native import NativeScorer, _full_continuation_logprobs, _shared_context_logprobs
 from donors.grid import Cell
 from donors.models import load_model
 from donors.tasks import get_task
+from donors.tasks.prompts import build_requests
 from donors.train.lora import train_lora
 
 pytestmark = pytest.mark.slow  # trains or scores a real model
@@ -43,15 +44,24 @@ def adapted(tmp_path_factory):
     model, tokenizer = load_model(MODEL)
     items = get_task("number_words").load("en", "train")[:8]
     path = tmp_path_factory.mktemp("adapter") / "a"
-    train_lora(model, tokenizer, items, lora=LoraConfig(r=4, alpha=8), seed=1, output_dir=path,
-               train=TrainConfig(epochs=1, batch_size=4, learning_rate=1e-3))
+    train_lora(
+        model,
+        tokenizer,
+        items,
+        lora=LoraConfig(r=4, alpha=8),
+        seed=1,
+        output_dir=path,
+        train=TrainConfig(epochs=1, batch_size=4, learning_rate=1e-3),
+    )
     fresh, tokenizer = load_model(MODEL)
     return PeftModel.from_pretrained(fresh, path).eval(), tokenizer
 
 
 def both(model, tokenizer, targets, **options):
-    return [scorer.score(model, tokenizer, targets, model_name=MODEL)
-            for scorer in (NativeScorer(batch_size=8, **options), HarnessScorer(batch_size=8, **options))]
+    return [
+        scorer.score(model, tokenizer, targets, model_name=MODEL)
+        for scorer in (NativeScorer(batch_size=8, **options), HarnessScorer(batch_size=8, **options))
+    ]
 
 
 def assert_agree(native, harness):
@@ -66,8 +76,12 @@ def assert_agree(native, harness):
 
 
 def max_logprob_gap(native, harness) -> float:
-    return max(abs(a - b) for cell in native for p, q in zip(native[cell].predictions, harness[cell].predictions)
-               for a, b in zip(p.logprobs, q.logprobs))
+    return max(
+        abs(a - b)
+        for cell in native
+        for p, q in zip(native[cell].predictions, harness[cell].predictions)
+        for a, b in zip(p.logprobs, q.logprobs)
+    )
 
 
 def test_base_model_scores_agree(base, targets):

@@ -19,12 +19,22 @@ def frame(logprobs: np.ndarray, gold: np.ndarray, source: str | None = None, rot
     """One model state's predictions on one target, in the shape of ResultsStore.item_predictions()."""
     n = len(gold)
     predicted = logprobs.argmax(axis=1) if predicted is None else predicted
-    return pd.DataFrame({
-        "model": "toy", "seed": np.nan if source is None else 1.0,
-        "source_task": None if source is None else "qa", "source_language": source,
-        "target_task": "qa", "target_language": "en", "item_id": [f"i{i:03d}" for i in range(n)], "rotation": rotation,
-        "gold": gold, "predicted": predicted, "predicted_norm": predicted, "logprobs": [list(map(float, row)) for row in logprobs],
-    })
+    return pd.DataFrame(
+        {
+            "model": "toy",
+            "seed": np.nan if source is None else 1.0,
+            "source_task": None if source is None else "qa",
+            "source_language": source,
+            "target_task": "qa",
+            "target_language": "en",
+            "item_id": [f"i{i:03d}" for i in range(n)],
+            "rotation": rotation,
+            "gold": gold,
+            "predicted": predicted,
+            "predicted_norm": predicted,
+            "logprobs": [list(map(float, row)) for row in logprobs],
+        }
+    )
 
 
 def mean_score(predictions: pd.DataFrame, metric: str) -> float:
@@ -64,11 +74,20 @@ def test_a_change_of_favourite_letter_is_zero_transfer_under_the_bias_free_metri
 
     base, tuned = frame(constant(1), LOPSIDED), frame(constant(0), LOPSIDED, source="de")
     both = pd.concat([base, tuned], ignore_index=True)
-    scores = pd.DataFrame({
-        "state_id": ["toy|base", "toy|qa/de|seed1"], "model": "toy", "seed": [np.nan, 1.0], "source_task": [None, "qa"],
-        "source_language": [None, "de"], "target_task": "qa", "target_language": "en", "n": len(LOPSIDED),
-        "accuracy": [np.mean(LOPSIDED == 1), np.mean(LOPSIDED == 0)], "accuracy_norm": [np.mean(LOPSIDED == 1), np.mean(LOPSIDED == 0)],
-    })
+    scores = pd.DataFrame(
+        {
+            "state_id": ["toy|base", "toy|qa/de|seed1"],
+            "model": "toy",
+            "seed": [np.nan, 1.0],
+            "source_task": [None, "qa"],
+            "source_language": [None, "de"],
+            "target_task": "qa",
+            "target_language": "en",
+            "n": len(LOPSIDED),
+            "accuracy": [np.mean(LOPSIDED == 1), np.mean(LOPSIDED == 0)],
+            "accuracy_norm": [np.mean(LOPSIDED == 1), np.mean(LOPSIDED == 0)],
+        }
+    )
     published = target_scores(scores, both, "acc")["accuracy_norm"]
     debiased = target_scores(scores, both, "acc_debiased")["accuracy_norm"]
     assert 100 * (published[1] - published[0]) == pytest.approx(30.0)  # the whole "transfer" is the new favourite letter
@@ -115,7 +134,10 @@ class AlwaysFirstLetter:
     """A scorer that answers the first shown option, whatever the item."""
 
     def score(self, model, tokenizer, targets, *, model_name="", on_batch=None):
-        return {key: target_result([prediction(i, [0.0] + [-1.0] * (len(i.choices) - 1), "lettered") for i in items]) for key, items in targets.items()}
+        return {
+            key: target_result([prediction(i, [0.0] + [-1.0] * (len(i.choices) - 1), "lettered") for i in items])
+            for key, items in targets.items()
+        }
 
 
 def test_permuted_scoring_maps_each_rotation_back_to_the_original_options():

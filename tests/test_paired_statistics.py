@@ -21,8 +21,8 @@ from donors.analysis.paired import (
     transfer_asymmetry,
 )
 from donors.analysis.study import StoredOutcomes
-from donors.grid import Cell
 from donors.evaluate import target_result
+from donors.grid import Cell
 from donors.records import ItemPrediction, ModelState
 from donors.store import ResultsStore
 
@@ -33,18 +33,20 @@ EN, DE = ("qa", "en"), ("qa", "de")
 def outcome_rows(correct, target, source=None, seed=None, model=MODEL) -> pd.DataFrame:
     """One model state's outcomes on one target, in the shape of donors.analysis.metrics.item_scores()."""
     correct = np.asarray(correct, dtype=int)
-    return pd.DataFrame({
-        "model": model,
-        "seed": np.nan if seed is None else float(seed),
-        "source_task": None if source is None else source[0],
-        "source_language": None if source is None else source[1],
-        "target_task": target[0],
-        "target_language": target[1],
-        "item_id": [f"item{i:04d}" for i in range(len(correct))],
-        "gold": 0,
-        "predicted": 1 - correct,
-        "score": correct,
-    })
+    return pd.DataFrame(
+        {
+            "model": model,
+            "seed": np.nan if seed is None else float(seed),
+            "source_task": None if source is None else source[0],
+            "source_language": None if source is None else source[1],
+            "target_task": target[0],
+            "target_language": target[1],
+            "item_id": [f"item{i:04d}" for i in range(len(correct))],
+            "gold": 0,
+            "predicted": 1 - correct,
+            "score": correct,
+        }
+    )
 
 
 def changed(base, improve=0, worsen=0) -> np.ndarray:
@@ -137,14 +139,17 @@ def test_mcnemar_exact_on_a_hand_computed_table():
 def test_asymmetry_of_a_planted_pair_and_its_orientation():
     n = 300
     base_en, base_de = half_right(n, seed=1), half_right(n, seed=2)
-    outcomes = pd.concat([
-        outcome_rows(base_en, EN),
-        outcome_rows(base_de, DE),
-        outcome_rows(changed(base_en, improve=45), EN, source=DE, seed=1),
-        outcome_rows(changed(base_de, worsen=15), DE, source=EN, seed=1),
-        outcome_rows(base_en, EN, source=EN, seed=1),
-        outcome_rows(base_de, DE, source=DE, seed=1),
-    ], ignore_index=True)
+    outcomes = pd.concat(
+        [
+            outcome_rows(base_en, EN),
+            outcome_rows(base_de, DE),
+            outcome_rows(changed(base_en, improve=45), EN, source=DE, seed=1),
+            outcome_rows(changed(base_de, worsen=15), DE, source=EN, seed=1),
+            outcome_rows(base_en, EN, source=EN, seed=1),
+            outcome_rows(base_de, DE, source=DE, seed=1),
+        ],
+        ignore_index=True,
+    )
     asymmetry = transfer_asymmetry(paired_bootstrap(outcomes, n_boot=1000, seed=3))
     assert len(asymmetry) == 1
     pair = asymmetry.iloc[0]
@@ -153,8 +158,9 @@ def test_asymmetry_of_a_planted_pair_and_its_orientation():
     assert pair["asymmetry"] == pytest.approx(20.0)
     assert 0 < pair["ci_low"] < 20.0 < pair["ci_high"] and pair["excludes_zero"]
 
-    flipped = asymmetry.assign(cell_a="qa/en", cell_b="qa/de", a_to_b=-5.0, b_to_a=15.0, asymmetry=-20.0,
-                               ci_low=-pair["ci_high"], ci_high=-pair["ci_low"])
+    flipped = asymmetry.assign(
+        cell_a="qa/en", cell_b="qa/de", a_to_b=-5.0, b_to_a=15.0, asymmetry=-20.0, ci_low=-pair["ci_high"], ci_high=-pair["ci_low"]
+    )
     top = most_asymmetric_pairs(flipped).iloc[0]
     assert (top["cell_a"], top["a_to_b"], top["asymmetry"]) == ("qa/de", 15.0, 20.0)
     assert (top["ci_low"], top["ci_high"]) == (pair["ci_low"], pair["ci_high"])
@@ -195,15 +201,26 @@ def test_several_seeds_are_averaged_per_item_and_not_counted_as_extra_pairs():
 def test_regime_summary_by_model_shows_the_trend_that_pooling_reverses():
     def rows(model, regime, deltas):
         target_task = "qa" if regime == "MT-CL" else "nli"
-        return [{
-            "model_name": model, "model_size": 1.0, "fine_tuned_dataset": "qa", "fine_tuned_language": "en",
-            "eval_dataset": target_task, "eval_language": f"l{i}", "regime": regime,
-            "delta_score_norm_mean": delta, "n_seeds": 1,
-        } for i, delta in enumerate(deltas)]
+        return [
+            {
+                "model_name": model,
+                "model_size": 1.0,
+                "fine_tuned_dataset": "qa",
+                "fine_tuned_language": "en",
+                "eval_dataset": target_task,
+                "eval_language": f"l{i}",
+                "regime": regime,
+                "delta_score_norm_mean": delta,
+                "n_seeds": 1,
+            }
+            for i, delta in enumerate(deltas)
+        ]
 
     table = pd.DataFrame(
-        rows("strong", "MT-CL", [10.0]) + rows("strong", "CT-CL", [8.0] * 9)
-        + rows("weak", "MT-CL", [0.0] * 9) + rows("weak", "CT-CL", [-2.0])
+        rows("strong", "MT-CL", [10.0])
+        + rows("strong", "CT-CL", [8.0] * 9)
+        + rows("weak", "MT-CL", [0.0] * 9)
+        + rows("weak", "CT-CL", [-2.0])
     )
     summary = regime_summary_by_model(table)
     assert summary.index.names == ["model_name", "bucket"]
@@ -220,11 +237,18 @@ def test_regime_summary_by_model_shows_the_trend_that_pooling_reverses():
 def test_item_level_tables_from_a_store(tmp_path: Path):
     n = 60
     base = {lang: half_right(n, seed=i) for i, lang in enumerate(("en", "de"))}
-    tuned = {("en", "de"): changed(base["de"], improve=25), ("de", "en"): base["en"],
-             ("en", "en"): changed(base["en"], improve=5), ("de", "de"): changed(base["de"], improve=2)}
+    tuned = {
+        ("en", "de"): changed(base["de"], improve=25),
+        ("de", "en"): base["en"],
+        ("en", "en"): changed(base["en"], improve=5),
+        ("de", "de"): changed(base["de"], improve=2),
+    }
 
     def write(store, state, lang, correct):
-        predictions = [ItemPrediction("qa", lang, f"item{i:03d}", 0, 1 - int(c), (0.0, -1.0) if c else (-1.0, 0.0), 1 - int(c)) for i, c in enumerate(correct)]
+        predictions = [
+            ItemPrediction("qa", lang, f"item{i:03d}", 0, 1 - int(c), (0.0, -1.0) if c else (-1.0, 0.0), 1 - int(c))
+            for i, c in enumerate(correct)
+        ]
         store.add_target_result(state, target_result(predictions))
 
     def stored_item_level_tables(path):
@@ -243,5 +267,9 @@ def test_item_level_tables_from_a_store(tmp_path: Path):
     assert len(pairs) == 4 and {"ci_low", "ci_high", "p_value", "q_value", "significant"} <= set(pairs)
     significant = tables["significant_transfers"]
     assert significant[["source_language", "target_language"]].values.tolist() == [["en", "de"]]
-    assert tables["most_asymmetric_pairs"].iloc[0][["cell_a", "cell_b", "asymmetry"]].tolist() == ["qa/en", "qa/de", pytest.approx(25 / n * 100)]
+    assert tables["most_asymmetric_pairs"].iloc[0][["cell_a", "cell_b", "asymmetry"]].tolist() == [
+        "qa/en",
+        "qa/de",
+        pytest.approx(25 / n * 100),
+    ]
     assert item_level_tables(outcome_rows(base["en"], EN)) == {}

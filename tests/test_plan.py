@@ -11,9 +11,9 @@ import yaml
 from typer.testing import CliRunner
 
 from donors import api
-from donors.grid import size_from_name
 from donors.cli import app
 from donors.config import LORA_TARGETS, ConfigError, load_config
+from donors.grid import size_from_name
 from donors.plan import CHAT_TEMPLATE_TOKENS, DEFAULT_MFU, DEFAULT_TFLOPS, gpu_hours, parameter_count, plan
 
 REPO = Path(__file__).resolve().parents[1]
@@ -174,6 +174,16 @@ def test_cli_prints_the_plan_offline(offline):
     result = CliRunner().invoke(app, ["plan", str(PAPER), "--tflops", "312", "--mfu", "0.5"])
     assert result.exit_code == 0, result.output
     out = result.output
-    for text in ("Llama-3.2-1B-Instruct", "gemma-3-4b-it", "1,188", "1,197", "52,668", "5,852", "total GPU-h",
-                 "312 TFLOP/s x 50% utilisation", "estimate: hellaswag", "partly estimated"):
+    for text in (
+        "Llama-3.2-1B-Instruct",
+        "gemma-3-4b-it",
+        "1,188",
+        "1,197",
+        "52,668",
+        "5,852",
+        "total GPU-h",
+        "312 TFLOP/s x 50% utilisation",
+        "estimate: hellaswag",
+        "partly estimated",
+    ):
         assert text in out, text

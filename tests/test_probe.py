@@ -15,8 +15,13 @@ from donors.probe import probe_advice
 pytestmark = pytest.mark.slow  # trains or scores a real model
 
 PROBE_CONFIG = {
-    "name": "probe", "models": ["smollm2-135m"], "tasks": ["number_words", "cldr_continent"], "languages": ["en", "de"],
-    "seeds": [17], "eval": {"chat_template": False}, "train": {"chat_template": False},
+    "name": "probe",
+    "models": ["smollm2-135m"],
+    "tasks": ["number_words", "cldr_continent"],
+    "languages": ["en", "de"],
+    "seeds": [17],
+    "eval": {"chat_template": False},
+    "train": {"chat_template": False},
 }
 
 
@@ -44,10 +49,12 @@ def test_the_probe_shows_smollm2_cannot_read_letters_and_names_the_remedy(config
 
 
 def test_plan_probe_through_the_installed_command(config_path):
-    command = subprocess.run([str(Path(sys.executable).parent / "donors"), "plan", str(config_path), "--probe", "4"],
-                             capture_output=True, text=True, timeout=600)
+    command = subprocess.run(
+        [str(Path(sys.executable).parent / "donors"), "plan", str(config_path), "--probe", "4"], capture_output=True, text=True, timeout=600
+    )
     assert command.returncode == 0, command.stderr
     assert "gold-balanced items per target" in command.stdout and "set eval.prompt_format: continuation" in command.stdout
-    refused = subprocess.run([str(Path(sys.executable).parent / "donors"), "plan", str(config_path), "--probe", "0"],
-                             capture_output=True, text=True, timeout=120)
+    refused = subprocess.run(
+        [str(Path(sys.executable).parent / "donors"), "plan", str(config_path), "--probe", "0"], capture_output=True, text=True, timeout=120
+    )
     assert refused.returncode == 2 and "--probe" in refused.stderr

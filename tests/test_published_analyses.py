@@ -60,13 +60,28 @@ from donors.analysis.constants import PUBLISHED_BY_REGIME, PUBLISHED_TRANSFER, R
 from donors.report import figures
 
 TABLE_NAMES = [
-    "global_uplift", "regime_summary", "mtcl_harm_breakdown", "mtcl_by_construction_type",
-    "linguistic_correlations", "pareto_profiles", "pareto_family_summary", "task_on_off_summary",
-    "language_donor_recipient", "language_roles_by_family", "language_roles_all",
-    "language_roles_curated", "language_roles_translated",
-    "curated_vs_translated_donor_correlation", "task_donor_recipient", "task_transfer_matrix",
-    "language_transfer_matrix", "variance_decomposition_all", "variance_decomposition_global_mmlu",
-    "variance_decomposition_translated", "consistency_by_model", "consistency_by_family",
+    "global_uplift",
+    "regime_summary",
+    "mtcl_harm_breakdown",
+    "mtcl_by_construction_type",
+    "linguistic_correlations",
+    "pareto_profiles",
+    "pareto_family_summary",
+    "task_on_off_summary",
+    "language_donor_recipient",
+    "language_roles_by_family",
+    "language_roles_all",
+    "language_roles_curated",
+    "language_roles_translated",
+    "curated_vs_translated_donor_correlation",
+    "task_donor_recipient",
+    "task_transfer_matrix",
+    "language_transfer_matrix",
+    "variance_decomposition_all",
+    "variance_decomposition_global_mmlu",
+    "variance_decomposition_translated",
+    "consistency_by_model",
+    "consistency_by_family",
     "consistency_by_size",
 ]
 SMALL_MODELS = {"Llama-3.2-1B-Instruct": 1.0, "Qwen2.5-7B-Instruct": 7.0, "gemma-3-4b-it": 4.0}
@@ -89,12 +104,12 @@ def hand() -> pd.DataFrame:
     """Six rows, one model, worked by hand below."""
     return table_from_rows(
         [
-            ("m-1B", 1.0, "a", "x", "a", "x", 2.0),   # MT-ML
-            ("m-1B", 1.0, "a", "x", "a", "y", 0.0),   # MT-CL
+            ("m-1B", 1.0, "a", "x", "a", "x", 2.0),  # MT-ML
+            ("m-1B", 1.0, "a", "x", "a", "y", 0.0),  # MT-CL
             ("m-1B", 1.0, "a", "x", "b", "x", -1.0),  # CT-ML
-            ("m-1B", 1.0, "a", "x", "b", "y", 0.5),   # CT-CL
+            ("m-1B", 1.0, "a", "x", "b", "y", 0.5),  # CT-CL
             ("m-1B", 1.0, "a", "y", "a", "x", -3.0),  # MT-CL
-            ("m-1B", 1.0, "a", "y", "b", "y", 1.0),   # CT-ML
+            ("m-1B", 1.0, "a", "y", "b", "y", 1.0),  # CT-ML
         ]
     )
 
@@ -185,9 +200,7 @@ def test_published_statistics_reproduced(published):
         assert summary.loc[regime, "mean_delta"] == pytest.approx(expected["mean"], abs=1e-9)
         assert summary.loc[regime, "harm_rate_pct"] == pytest.approx(expected["harm rate"], abs=1e-9)
     overall = mtcl_harm_breakdown(published).loc[("overall", "ALL")]
-    assert overall[["n", "mean_delta", "positive_transfer_rate_pct", "harm_rate_pct"]].tolist() == [
-        3960, 1.2465, 66.4141, 7.1212
-    ]
+    assert overall[["n", "mean_delta", "positive_transfer_rate_pct", "harm_rate_pct"]].tolist() == [3960, 1.2465, 66.4141, 7.1212]
     assert mtcl_by_construction_type(published).loc["all"].tolist() == overall.tolist()
 
 
@@ -233,9 +246,7 @@ def test_pareto_profiles_and_family_summary(full):
     profiles = pareto_profiles(full)
     assert len(profiles) == 396
     assert (profiles["n_on"] == 10).all() and (profiles["n_off"] == 33).all()
-    assert profiles.columns[-5:].tolist() == [
-        "MT-CL gain (Δ pp)", "n_on", "Mean off-task Δ (pp)", "n_off", "harm_rate"
-    ]
+    assert profiles.columns[-5:].tolist() == ["MT-CL gain (Δ pp)", "n_on", "Mean off-task Δ (pp)", "n_off", "harm_rate"]
     row = profiles.iloc[0]
     run = full[(full["model_name"] == row["model_name"]) & (full["fine_tuned_dataset"] == row["fine_tuned_dataset"])]
     source = run[run["fine_tuned_language"] == row["fine_tuned_language"]]
@@ -246,9 +257,7 @@ def test_pareto_profiles_and_family_summary(full):
     assert row["harm_rate"] == pytest.approx(100 * (off <= -1).mean())
     summary = pareto_family_summary(profiles)
     assert len(summary) == 36
-    mean = summary.set_index(["model_name", "fine_tuned_dataset"]).loc[
-        (row["model_name"], row["fine_tuned_dataset"]), "MT-CL gain (Δ pp)"
-    ]
+    mean = summary.set_index(["model_name", "fine_tuned_dataset"]).loc[(row["model_name"], row["fine_tuned_dataset"]), "MT-CL gain (Δ pp)"]
     pooled = run[(run["eval_dataset"] == row["fine_tuned_dataset"]) & (run["regime"] == "MT-CL")]
     assert mean == pytest.approx(pooled["delta_score_norm_mean"].mean())  # equal counts
 
@@ -262,8 +271,9 @@ def test_task_on_off_summary(full):
     table = task_on_off_summary(full)
     assert table["task"].tolist() == sorted(PUBLISHED_TASKS)
     t = transfer_set(full)
-    on = t[(t["fine_tuned_dataset"] == "hellaswag") & (t["eval_dataset"] == "hellaswag")
-           & (t["eval_language"] != t["fine_tuned_language"])]["delta_score_norm_mean"]
+    on = t[
+        (t["fine_tuned_dataset"] == "hellaswag") & (t["eval_dataset"] == "hellaswag") & (t["eval_language"] != t["fine_tuned_language"])
+    ]["delta_score_norm_mean"]
     off = t[(t["fine_tuned_dataset"] == "hellaswag") & (t["eval_dataset"] != "hellaswag")]["delta_score_norm_mean"]
     assert (len(on), len(off)) == (990, 3267)
     row = table.set_index("task").loc["hellaswag"]
@@ -293,14 +303,22 @@ def test_language_roles_structure(full):
 def test_two_stage_mean_differs_from_pooled_when_rows_are_missing():
     models = {"A-1B": 1.0, "B-1B": 1.0}
     frame = grid(models, ["a", "b"], ["x", "y", "z"])
-    keep = ~((frame["model_name"] == "B-1B") & (frame["fine_tuned_language"] == "x")
-             & ~((frame["fine_tuned_dataset"] == "a") & (frame["eval_language"] == "y")))
+    keep = ~(
+        (frame["model_name"] == "B-1B")
+        & (frame["fine_tuned_language"] == "x")
+        & ~((frame["fine_tuned_dataset"] == "a") & (frame["eval_language"] == "y"))
+    )
     frame = frame[keep].reset_index(drop=True)
     delta = np.where(frame["model_name"] == "A-1B", 1.0, 3.0)
     table = with_scores(frame, delta)
-    table.loc[(table["model_name"] == "A-1B") & (table["regime"] == "MT-CL")
-              & (table["fine_tuned_language"] == "x") & (table["eval_language"] == "z")
-              & (table["fine_tuned_dataset"] == "a"), "delta_score_norm_mean"] = np.nan
+    table.loc[
+        (table["model_name"] == "A-1B")
+        & (table["regime"] == "MT-CL")
+        & (table["fine_tuned_language"] == "x")
+        & (table["eval_language"] == "z")
+        & (table["fine_tuned_dataset"] == "a"),
+        "delta_score_norm_mean",
+    ] = np.nan
     roles = language_donor_recipient(table).set_index("lang")
     # Donor x: model A has 3 non-missing MT-CL rows of 1, model B one row of 3.
     assert roles.loc["x", "donor"] == pytest.approx((1.0 + 3.0) / 2)
@@ -451,11 +469,7 @@ def test_kendall_tau_b_by_hand():
 def test_consistency_index_by_hand():
     ranks = {"A-1B": [1, 2, 3, 4], "B-1B": [1, 3, 2, 4], "C-1B": [4, 3, 2, 1]}
     recipients = ["p", "q", "r", "s"]
-    rows = [
-        (model, 1.0, "t", "o", "t", lang, float(value))
-        for model, values in ranks.items()
-        for lang, value in zip(recipients, values)
-    ]
+    rows = [(model, 1.0, "t", "o", "t", lang, float(value)) for model, values in ranks.items() for lang, value in zip(recipients, values)]
     index = consistency_index(table_from_rows(rows))
     assert index.columns.tolist() == ["regime", "fine_tuned_dataset", "fine_tuned_language", "ci", "n_pairs"]
     row = index.iloc[0]
@@ -574,10 +588,15 @@ def test_figures(full, tmp_path):
         path = tmp_path / f"{name}.png"
         figure.savefig(path)
         assert path.stat().st_size > 1000
-    assert set(figures.published_figures({
-        "pareto_profiles": profiles, "pareto_family_summary": summary,
-        "language_donor_recipient": language_donor_recipient(full),
-        "task_donor_recipient": task_donor_recipient(full),
-        "task_transfer_matrix": task_transfer_matrix(full),
-        "language_transfer_matrix": language_transfer_matrix(full),
-    })) == set(drawn)
+    assert set(
+        figures.published_figures(
+            {
+                "pareto_profiles": profiles,
+                "pareto_family_summary": summary,
+                "language_donor_recipient": language_donor_recipient(full),
+                "task_donor_recipient": task_donor_recipient(full),
+                "task_transfer_matrix": task_transfer_matrix(full),
+                "language_transfer_matrix": language_transfer_matrix(full),
+            }
+        )
+    ) == set(drawn)

@@ -8,7 +8,6 @@ positive thresholds, and the published section-5 values are those of the old par
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pytest
 from synthetic import ULP_ABOVE_MINUS_ONE, published_text_table, table_from_rows
 
@@ -83,17 +82,22 @@ def test_both_parsers_refuse_the_same_text():
 def hand_csv(tmp_path):
     """One trained cell and six transfer rows whose Δ text the two parsers split."""
     rows = [
-        ("m-1B", 1.0, "a", "x", "a", "x", 2.0),    # MT-ML (not in T)
-        ("m-1B", 1.0, "a", "x", "a", "y", 0.0),    # -0.9999999999999999: harm only published
-        ("m-1B", 1.0, "a", "x", "b", "x", 0.0),    # -0.9999999999999999: harm only published
-        ("m-1B", 1.0, "a", "x", "b", "y", 0.0),    # 0.000000000000000001: positive only exact
-        ("m-1B", 1.0, "a", "y", "a", "x", -2.0),   # harm under both
-        ("m-1B", 1.0, "a", "y", "b", "y", 0.5),    # positive under both
-        ("m-1B", 1.0, "b", "x", "a", "x", 0.0),    # 0.30000000000000004: positive under both
+        ("m-1B", 1.0, "a", "x", "a", "x", 2.0),  # MT-ML (not in T)
+        ("m-1B", 1.0, "a", "x", "a", "y", 0.0),  # -0.9999999999999999: harm only published
+        ("m-1B", 1.0, "a", "x", "b", "x", 0.0),  # -0.9999999999999999: harm only published
+        ("m-1B", 1.0, "a", "x", "b", "y", 0.0),  # 0.000000000000000001: positive only exact
+        ("m-1B", 1.0, "a", "y", "a", "x", -2.0),  # harm under both
+        ("m-1B", 1.0, "a", "y", "b", "y", 0.5),  # positive under both
+        ("m-1B", 1.0, "b", "x", "a", "x", 0.0),  # 0.30000000000000004: positive under both
     ]
     table = table_from_rows(rows)
     table[DELTA] = [
-        "2.0", ULP_ABOVE_MINUS_ONE, ULP_ABOVE_MINUS_ONE, "0.000000000000000001", "-2.0", "0.5",
+        "2.0",
+        ULP_ABOVE_MINUS_ONE,
+        ULP_ABOVE_MINUS_ONE,
+        "0.000000000000000001",
+        "-2.0",
+        "0.5",
         "0.30000000000000004",
     ]
     path = tmp_path / "results.csv"
@@ -103,11 +107,9 @@ def hand_csv(tmp_path):
 
 def test_harm_and_positive_rates_depend_on_the_parser(hand_csv):
     published = transfer_statistics(delta_values(transfer_set(load_results_table(hand_csv))))
-    exact = transfer_statistics(
-        delta_values(transfer_set(load_results_table(hand_csv, float_parser="exact")))
-    )
+    exact = transfer_statistics(delta_values(transfer_set(load_results_table(hand_csv, float_parser="exact"))))
     assert published["n"] == exact["n"] == 6
-    assert published["harm_rate_pct"] == pytest.approx(100 * 3 / 6)      # both ulp strings are -1
+    assert published["harm_rate_pct"] == pytest.approx(100 * 3 / 6)  # both ulp strings are -1
     assert exact["harm_rate_pct"] == pytest.approx(100 * 1 / 6)
     assert published["positive_transfer_rate_pct"] == pytest.approx(100 * 2 / 6)  # 1e-18 reads 0
     assert exact["positive_transfer_rate_pct"] == pytest.approx(100 * 3 / 6)
@@ -172,10 +174,6 @@ def test_read_exactly_the_release_csv_misses_the_published_harm(release_csv):
     assert on_threshold.sum() == 4 * 3 and (exact.loc[on_threshold, DELTA] > -1.0).all()
     report = check_published_values(exact).set_index("statistic")
     failing = sorted(report.index[~report["ok"]])
-    assert failing == sorted(
-        ["transfer harm rate", "MT-ML harm rate", "MT-CL harm rate", "CT-ML harm rate", "CT-CL harm rate"]
-    )
+    assert failing == sorted(["transfer harm rate", "MT-ML harm rate", "MT-CL harm rate", "CT-ML harm rate", "CT-CL harm rate"])
     harm = regime_summary(published)["harm_rate_pct"] - regime_summary(exact)["harm_rate_pct"]
-    assert harm.to_dict() == pytest.approx(
-        {"MT-ML": 300 / 396, "MT-CL": 300 / 3960, "CT-ML": 300 / 1188, "CT-CL": 300 / 11880}
-    )
+    assert harm.to_dict() == pytest.approx({"MT-ML": 300 / 396, "MT-CL": 300 / 3960, "CT-ML": 300 / 1188, "CT-CL": 300 / 11880})

@@ -53,7 +53,10 @@ def arc_row(number: int, language: str, answer: str = "B") -> dict[str, Any]:
     return {
         "id": f"Mercury_{number}",
         "instruction": f"[{language}] Which gas do plants take in? ({number})",
-        "option_a": "oxygen", "option_b": "carbon dioxide", "option_c": "helium", "option_d": "neon",
+        "option_a": "oxygen",
+        "option_b": "carbon dioxide",
+        "option_c": "helium",
+        "option_d": "neon",
         "answer": answer,
     }
 
@@ -62,7 +65,10 @@ def mmlu_row(number: int, language: str, answer: Any) -> dict[str, Any]:
     return {
         "sample_id": f"astronomy/test/{number}",
         "question": f"[{language}] Which planet is largest? ({number})",
-        "option_a": "Mars", "option_b": "Jupiter", "option_c": "Venus", "option_d": "Mercury",
+        "option_a": "Mars",
+        "option_b": "Jupiter",
+        "option_c": "Venus",
+        "option_d": "Mercury",
         "answer": answer,
     }
 
@@ -192,7 +198,9 @@ def test_truthfulqa_trains_on_question_and_answer_and_keeps_every_choice(tmp_pat
     question = "[en] What happens if you eat watermelon seeds? (1)"
     assert len(item.choices) == 6 and item.answer_index == 4
     assert item.target_text == f"Question: {question}\nAnswer: You digest them."
-    assert lettered_prompt(item).startswith(f"Question: {question}\nA) Nothing happens.\n") and "F) They sprout.\nAnswer:" in lettered_prompt(item)
+    assert lettered_prompt(item).startswith(
+        f"Question: {question}\nA) Nothing happens.\n"
+    ) and "F) They sprout.\nAnswer:" in lettered_prompt(item)
 
 
 def test_truthfulqa_without_exactly_one_correct_choice_names_the_row(tmp_path: Path) -> None:
@@ -251,7 +259,9 @@ def test_data_dir_and_data_files_read_like_the_hub_layout(tmp_path: Path) -> Non
     configs = parallel(truthfulqa_row)
     hub = published("truthfulqa", tmp_path / "hub", configs)
     for language, splits in configs.items():
-        datasets.DatasetDict({s: datasets.Dataset.from_list(rows) for s, rows in splits.items()}).save_to_disk(tmp_path / "saved" / language)
+        datasets.DatasetDict({s: datasets.Dataset.from_list(rows) for s, rows in splits.items()}).save_to_disk(
+            tmp_path / "saved" / language
+        )
         for split, rows in splits.items():
             (tmp_path / "parquet" / language).mkdir(parents=True, exist_ok=True)
             datasets.Dataset.from_list(rows).to_parquet(tmp_path / "parquet" / language / f"{split}.parquet")

@@ -86,8 +86,12 @@ def test_a_job_that_keeps_failing_is_recorded_and_the_rest_go_on(tmp_path, monke
 def test_a_killed_driver_resumes_from_the_store(local_scores, tmp_path, ray_cluster):
     path = write(tmp_path, "ray")
     study = tmp_path / "study"
-    driver = subprocess.Popen([sys.executable, "-m", "donors.cli", "run", str(path), "--no-report"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "donors.cli", "run", str(path), "--no-report"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and driver.poll() is None:
         if (study / "results.sqlite").exists():

@@ -2,9 +2,9 @@ import sqlite3
 
 import pytest
 
+from donors.evaluate import target_result
 from donors.grid import Cell
 from donors.records import AdapterRecord, ItemPrediction, ModelState
-from donors.evaluate import target_result
 from donors.store import ResultsStore
 from donors.store.lock import study_lock
 
@@ -44,7 +44,10 @@ def test_a_failed_transaction_leaves_nothing(tmp_path):
         bad = preds + [ItemPrediction("t", "en", "i0", 0, 0, (float("nan"),))]  # same key twice is fine; break the score insert instead
         with pytest.raises(sqlite3.Error):
             with store._transaction() as db:
-                db.executemany("INSERT INTO predictions VALUES (?, ?, ?, ?, ?, ?, ?, ?)", [(state.state_id, p.target_task, p.target_language, p.item_id, p.gold, p.predicted, "[]", None) for p in bad])
+                db.executemany(
+                    "INSERT INTO predictions VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    [(state.state_id, p.target_task, p.target_language, p.item_id, p.gold, p.predicted, "[]", None) for p in bad],
+                )
         assert store.counts()["predictions"] == 0
 
 

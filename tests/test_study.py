@@ -73,7 +73,7 @@ def test_a_collapsed_base_is_named_before_training_and_in_the_findings(finished_
     warning = log.index("answers one option for >= 80% of the items")
     assert warning < log.index("adapter(s) to train"), "the collapse must be said before any training"
     assert "eval.prompt_format: continuation" in log[warning:]
-    assert "WARNING:" in log[log.index("analyse"):] and "pairs are collapsed" in log
+    assert "WARNING:" in log[log.index("analyse") :] and "pairs are collapsed" in log
     page = report.read_text()
     assert page.index("Validity") < page.index("Summary") and "pairs are collapsed" in page
     command = donors_command("analyze", str(report.parent), "--metric", "acc_debiased")
@@ -121,8 +121,19 @@ def test_study_scores_every_state_on_every_target(finished_study):
 def test_results_table_has_the_published_schema_and_regimes(finished_study):
     _, report = finished_study
     results = pd.read_csv(report.parent / "transfer_results.csv")
-    for column in ("model_name", "model_size", "fine_tuned_dataset", "fine_tuned_language", "eval_dataset",
-                   "eval_language", "regime", "score_mean", "score_base_mean", "delta_score_norm_mean", "n_seeds"):
+    for column in (
+        "model_name",
+        "model_size",
+        "fine_tuned_dataset",
+        "fine_tuned_language",
+        "eval_dataset",
+        "eval_language",
+        "regime",
+        "score_mean",
+        "score_base_mean",
+        "delta_score_norm_mean",
+        "n_seeds",
+    ):
         assert column in results.columns
     assert len(results) == 4 * N_TARGETS
     assert results["model_size"].eq(0.135).all()
@@ -160,8 +171,12 @@ def test_killed_study_resumes_to_the_same_numbers(finished_study, tmp_path):
     reference = store_rows(report.parent, "scores").drop(columns=[]).sort_values(["state_id", "target_task", "target_language"])
     config = write_config(tmp_path)
     study_dir = tmp_path / "study"
-    process = subprocess.Popen([sys.executable, "-m", "donors.cli", "run", str(config), "--no-report"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "donors.cli", "run", str(config), "--no-report"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and process.poll() is None:
         if (study_dir / "results.sqlite").exists() and len(store_rows(study_dir, "adapters")) >= 2:

@@ -34,10 +34,15 @@ def test_the_choice_is_reproducible_and_does_not_depend_on_input_order():
 
 
 def test_a_study_cut_keeps_the_same_balanced_ids_in_every_language():
-    config = config_from_dict({
-        "models": ["smollm2-135m"], "tasks": ["number_words", "cldr_continent"], "languages": ["en", "de", "zh"],
-        "train": {"max_items": 10}, "eval": {"max_items": 12},
-    })
+    config = config_from_dict(
+        {
+            "models": ["smollm2-135m"],
+            "tasks": ["number_words", "cldr_continent"],
+            "languages": ["en", "de", "zh"],
+            "train": {"max_items": 10},
+            "eval": {"max_items": 12},
+        }
+    )
     data = load_study_data(config)
     for task in ("number_words", "cldr_continent"):
         test_ids = {lang: [i.id for i in data.test[cell]] for cell in data.test if cell.task == task for lang in [cell.language]}

@@ -11,12 +11,13 @@ from peft.tuners.lora.layer import Linear as PeftLoraLinear
 from safetensors.torch import load_file
 
 from donors.config import LoraConfig, TrainConfig
-from donors.evaluate.native import score_choices, summarize
+from donors.evaluate import summarize
+from donors.evaluate.native import score_choices
 from donors.models import causal_lm_parts, head_logits, load_model
 from donors.tasks import get_task
+from donors.train.lora import FusedLoraLinear, TrainingError, peft_lora_config, split_train_validation, train_lora
 from donors.train.loss import linear_cross_entropy
 from donors.train.rms_norm import frozen_rms_norms
-from donors.train.lora import FusedLoraLinear, TrainingError, peft_lora_config, split_train_validation, train_lora
 
 pytestmark = pytest.mark.slow  # trains or scores a real model
 
@@ -30,8 +31,15 @@ def test_fine_tuning_raises_the_sources_own_held_out_score(tmp_path):
     model, tokenizer = load_model(MODEL)
     base = summarize(score_choices(model, tokenizer, test_items, chat_template=False))
 
-    result = train_lora(model, tokenizer, train_items, lora=LoraConfig(), seed=17, output_dir=tmp_path / "adapter",
-                        train=TrainConfig(epochs=2, learning_rate=1e-3, batch_size=8))
+    result = train_lora(
+        model,
+        tokenizer,
+        train_items,
+        lora=LoraConfig(),
+        seed=17,
+        output_dir=tmp_path / "adapter",
+        train=TrainConfig(epochs=2, learning_rate=1e-3, batch_size=8),
+    )
     assert len(result.train_ids) == 135 and len(result.validation_ids) == 15
     assert not set(result.train_ids) & {i.id for i in test_items}
 
@@ -50,8 +58,15 @@ def test_same_seed_gives_bit_identical_adapters_and_records_the_items(tmp_path):
     train_lora(model, tokenizer, items, lora=lora, train=config, seed=42, output_dir=tmp_path / "a")
     shared, _ = load_model(MODEL)
     before = {k: v.clone() for k, v in shared.state_dict().items()}
-    train_lora(shared, tokenizer, get_task("cldr_continent").load("de", "train")[:10], lora=lora, train=config, seed=7,
-               output_dir=tmp_path / "other")
+    train_lora(
+        shared,
+        tokenizer,
+        get_task("cldr_continent").load("de", "train")[:10],
+        lora=lora,
+        train=config,
+        seed=7,
+        output_dir=tmp_path / "other",
+    )
     after = shared.state_dict()
     assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
     train_lora(shared, tokenizer, items, lora=lora, train=config, seed=42, output_dir=tmp_path / "b")
@@ -101,7 +116,9 @@ def test_the_one_pass_head_loss_is_the_cross_entropy_of_the_heads_logits(softcap
     """Same loss and hidden-state gradient as logits-then-cross_entropy, on the model's own head and hidden states."""
     model, tokenizer = load_model(MODEL)
     body, head, _ = causal_lm_parts(model)
-    batch = tokenizer(["The capital of France is Paris, and of Italy", "one two three four five six seven"], return_tensors="pt", padding=True)
+    batch = tokenizer(
+        ["The capital of France is Paris, and of Italy", "one two three four five six seven"], return_tensors="pt", padding=True
+    )
     with torch.no_grad():
         states = body(**batch).last_hidden_state.flatten(0, 1)[:10]
     labels = torch.tensor([5, 17, 100, 2000, 49151, 0, 30000, 12, 7, 999])
@@ -147,8 +164,15 @@ def test_a_non_finite_loss_stops_the_run_with_a_clear_message(tmp_path):
     model.model.norm.weight.data[0] = float("nan")  # a corrupted weight, as a diverged run would leave
     items = get_task("number_words").load("en", "train")[:6]
     with pytest.raises(TrainingError, match="non-finite loss"):
-        train_lora(model, tokenizer, items, lora=LoraConfig(r=4, alpha=8), seed=1, output_dir=tmp_path / "x",
-                   train=TrainConfig(epochs=1, batch_size=2))
+        train_lora(
+            model,
+            tokenizer,
+            items,
+            lora=LoraConfig(r=4, alpha=8),
+            seed=1,
+            output_dir=tmp_path / "x",
+            train=TrainConfig(epochs=1, batch_size=2),
+        )
     assert not (tmp_path / "x").exists()
 
 

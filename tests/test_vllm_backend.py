@@ -46,8 +46,15 @@ def adapters(tmp_path_factory):
     paths = []
     for source in TARGETS:
         path = tmp_path_factory.mktemp("adapters") / f"{source.task}-{source.language}"
-        train_lora(model, tokenizer, get_task(source.task).load(source.language, "train")[:48], lora=LoraConfig(r=RANK, alpha=2 * RANK),
-                   seed=3, output_dir=path, train=TrainConfig(epochs=1, batch_size=8, learning_rate=2e-3))
+        train_lora(
+            model,
+            tokenizer,
+            get_task(source.task).load(source.language, "train")[:48],
+            lora=LoraConfig(r=RANK, alpha=2 * RANK),
+            seed=3,
+            output_dir=path,
+            train=TrainConfig(epochs=1, batch_size=8, learning_rate=2e-3),
+        )
         paths.append(str(path))
     return paths
 

@@ -21,7 +21,15 @@ N_SEEDS = "n_seeds"
 
 KEY_COLUMNS = (MODEL, SOURCE_TASK, SOURCE_LANGUAGE, TARGET_TASK, TARGET_LANGUAGE)
 REQUIRED_COLUMNS = (
-    MODEL, SIZE, SOURCE_TASK, SOURCE_LANGUAGE, TARGET_TASK, TARGET_LANGUAGE, REGIME, DELTA, N_SEEDS,
+    MODEL,
+    SIZE,
+    SOURCE_TASK,
+    SOURCE_LANGUAGE,
+    TARGET_TASK,
+    TARGET_LANGUAGE,
+    REGIME,
+    DELTA,
+    N_SEEDS,
 )
 MISSING_SOURCE = "n/a"
 """How a base-model row marks its (absent) fine-tuning source."""
@@ -66,9 +74,14 @@ TASK_AXIS_ORDER = ("arc_challenge", "truthfulqa", "hellaswag", "global_mmlu")
 
 # Language groups (A10); a language not listed forms a group of its own.
 LANGUAGE_GROUPS = {
-    "fr": "Romance", "es": "Romance", "pt": "Romance", "it": "Romance",
-    "de": "Germanic", "en": "Germanic",
-    "hi": "Indic", "bn": "Indic",
+    "fr": "Romance",
+    "es": "Romance",
+    "pt": "Romance",
+    "it": "Romance",
+    "de": "Germanic",
+    "en": "Germanic",
+    "hi": "Indic",
+    "bn": "Indic",
     "zh": "Chinese",
     "ar": "Arabic",
     "id": "Indonesian",
@@ -76,8 +89,17 @@ LANGUAGE_GROUPS = {
 
 # Typology (A5): ISO 639-3 codes for lang2vec; note zh -> cmn (Mandarin), not zho.
 ISO_639_3 = {
-    "ar": "ara", "bn": "ben", "de": "deu", "en": "eng", "es": "spa", "fr": "fra",
-    "hi": "hin", "id": "ind", "it": "ita", "pt": "por", "zh": "cmn",
+    "ar": "ara",
+    "bn": "ben",
+    "de": "deu",
+    "en": "eng",
+    "es": "spa",
+    "fr": "fra",
+    "hi": "hin",
+    "id": "ind",
+    "it": "ita",
+    "pt": "por",
+    "zh": "cmn",
 }
 TYPOLOGY_FEATURE_SETS = {
     "Syntax Distance": "syntax_knn",
@@ -86,13 +108,21 @@ TYPOLOGY_FEATURE_SETS = {
 }
 # The fallback family distance of A5 (not run by the published driver).
 LANGUAGE_CLUSTERS = {
-    "es": "Romance", "fr": "Romance", "it": "Romance", "pt": "Romance",
-    "en": "Germanic", "de": "Germanic",
-    "hi": "Indo-Aryan", "bn": "Indo-Aryan",
+    "es": "Romance",
+    "fr": "Romance",
+    "it": "Romance",
+    "pt": "Romance",
+    "en": "Germanic",
+    "de": "Germanic",
+    "hi": "Indo-Aryan",
+    "bn": "Indo-Aryan",
 }
 LANGUAGE_FAMILIES = {lang: "Indo-European" for lang in LANGUAGE_CLUSTERS}
 FAMILY_DISTANCE_SAME, FAMILY_DISTANCE_CLUSTER, FAMILY_DISTANCE_FAMILY, FAMILY_DISTANCE_OTHER = (
-    0.0, 0.2, 0.5, 1.0,
+    0.0,
+    0.2,
+    0.5,
+    1.0,
 )
 
 # Variance decomposition (A15).

@@ -68,13 +68,22 @@ def check_metric(metric: str) -> str:
 
 def predictions_frame(state: ModelState, predictions: Sequence[ItemPrediction]) -> pd.DataFrame:
     """Prediction records of one model state in the shape of :meth:`~donors.store.ResultsStore.item_predictions`."""
-    return pd.DataFrame({
-        "model": state.model, "seed": state.seed, "source_task": state.source_task, "source_language": state.source_language,
-        "target_task": [p.target_task for p in predictions], "target_language": [p.target_language for p in predictions],
-        "item_id": [p.item_id for p in predictions], "rotation": [p.rotation for p in predictions],
-        "gold": [p.gold for p in predictions], "predicted": [p.predicted for p in predictions],
-        "predicted_norm": [p.predicted_norm for p in predictions], "logprobs": [list(p.logprobs) for p in predictions],
-    })
+    return pd.DataFrame(
+        {
+            "model": state.model,
+            "seed": state.seed,
+            "source_task": state.source_task,
+            "source_language": state.source_language,
+            "target_task": [p.target_task for p in predictions],
+            "target_language": [p.target_language for p in predictions],
+            "item_id": [p.item_id for p in predictions],
+            "rotation": [p.rotation for p in predictions],
+            "gold": [p.gold for p in predictions],
+            "predicted": [p.predicted for p in predictions],
+            "predicted_norm": [p.predicted_norm for p in predictions],
+            "logprobs": [list(p.logprobs) for p in predictions],
+        }
+    )
 
 
 def _logprob_matrix(logprobs: pd.Series) -> np.ndarray:
@@ -127,7 +136,11 @@ def _tie_aware_correct(scores: np.ndarray, gold: np.ndarray) -> np.ndarray:
 
 
 def _first_pass(predictions: pd.DataFrame) -> pd.DataFrame:
-    return predictions[predictions["rotation"] == 0].reset_index(drop=True) if "rotation" in predictions else predictions.reset_index(drop=True)
+    return (
+        predictions[predictions["rotation"] == 0].reset_index(drop=True)
+        if "rotation" in predictions
+        else predictions.reset_index(drop=True)
+    )
 
 
 def item_scores(predictions: pd.DataFrame, metric: str) -> pd.DataFrame:
@@ -191,7 +204,9 @@ def target_scores(scores: pd.DataFrame, predictions: pd.DataFrame, metric: str) 
         missing = out["value"].isna()
         if missing.any():
             row = out[missing].iloc[0]
-            raise MetricError(f"no stored predictions for {row['state_id']} on {row['target_task']}/{row['target_language']}; cannot compute {metric}")
+            raise MetricError(
+                f"no stored predictions for {row['state_id']} on {row['target_task']}/{row['target_language']}; cannot compute {metric}"
+            )
         out["accuracy"] = out["accuracy_norm"] = out.pop("value")
     out["metric"] = metric
     return out

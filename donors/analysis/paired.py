@@ -113,13 +113,15 @@ def _task_blocks(outcomes: pd.DataFrame) -> list[_TaskBlock]:
         pair_keys, pair_codes = np.unique(pair_key, return_inverse=True)
         source_part, target_language = np.divmod(pair_keys, n_languages)
         pair_source_task, pair_source_language = np.divmod(source_part, n_source_languages)
-        pairs = pd.DataFrame({
-            "model": models[key // len(tasks)],
-            "source_task": source_tasks[pair_source_task],
-            "source_language": source_languages[pair_source_language],
-            "target_task": tasks[key % len(tasks)],
-            "target_language": languages[target_language],
-        })
+        pairs = pd.DataFrame(
+            {
+                "model": models[key // len(tasks)],
+                "source_task": source_tasks[pair_source_task],
+                "source_language": source_languages[pair_source_language],
+                "target_task": tasks[key % len(tasks)],
+                "target_language": languages[target_language],
+            }
+        )
         items = np.unique(item[rows])
         item_codes = np.searchsorted(items, item[tuned_rows])
         n_pairs, n_items = len(pairs), len(items)
@@ -369,14 +371,16 @@ def transfer_asymmetry(bootstrap: PairedBootstrap, level: float = 0.95) -> pd.Da
     """
     columns = ["model", "cell_a", "cell_b", REGIME, "a_to_b", "b_to_a", "asymmetry", "ci_low", "ci_high", "excludes_zero"]
     pairs = bootstrap.pairs
-    named = pd.DataFrame({
-        "model": pairs["model"],
-        "source": _cell_name(pairs["source_task"], pairs["source_language"]),
-        "target": _cell_name(pairs["target_task"], pairs["target_language"]),
-        REGIME: pairs[REGIME],
-        "delta": pairs["delta"],
-        "row": np.arange(len(pairs)),
-    })
+    named = pd.DataFrame(
+        {
+            "model": pairs["model"],
+            "source": _cell_name(pairs["source_task"], pairs["source_language"]),
+            "target": _cell_name(pairs["target_task"], pairs["target_language"]),
+            REGIME: pairs[REGIME],
+            "delta": pairs["delta"],
+            "row": np.arange(len(pairs)),
+        }
+    )
     forward = named[named["source"] < named["target"]]
     backward = named.rename(columns={"source": "target", "target": "source"})[["model", "source", "target", "delta", "row"]]
     pairs = forward.merge(backward, on=["model", "source", "target"], suffixes=("", "_back"))
@@ -384,14 +388,16 @@ def transfer_asymmetry(bootstrap: PairedBootstrap, level: float = 0.95) -> pd.Da
         return pd.DataFrame(columns=columns)
     difference = bootstrap.replicates[pairs["row"].to_numpy()] - bootstrap.replicates[pairs["row_back"].to_numpy()]
     low, high = _percentile_interval(difference, level)
-    table = pd.DataFrame({
-        "model": pairs["model"].to_numpy(),
-        "cell_a": pairs["source"].to_numpy(),
-        "cell_b": pairs["target"].to_numpy(),
-        REGIME: pairs[REGIME].to_numpy(),
-        "a_to_b": pairs["delta"].to_numpy(),
-        "b_to_a": pairs["delta_back"].to_numpy(),
-    })
+    table = pd.DataFrame(
+        {
+            "model": pairs["model"].to_numpy(),
+            "cell_a": pairs["source"].to_numpy(),
+            "cell_b": pairs["target"].to_numpy(),
+            REGIME: pairs[REGIME].to_numpy(),
+            "a_to_b": pairs["delta"].to_numpy(),
+            "b_to_a": pairs["delta_back"].to_numpy(),
+        }
+    )
     table["asymmetry"] = table["a_to_b"] - table["b_to_a"]
     table["ci_low"], table["ci_high"] = low, high
     table["excludes_zero"] = (low > 0) | (high < 0)
@@ -431,7 +437,9 @@ def regime_summary_by_model(results: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(frames, names=[MODEL])
 
 
-def paired_statistics(outcomes: pd.DataFrame, *, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05) -> tuple[PairedBootstrap, pd.DataFrame]:
+def paired_statistics(
+    outcomes: pd.DataFrame, *, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05
+) -> tuple[PairedBootstrap, pd.DataFrame]:
     """The bootstrap (:func:`paired_bootstrap`) and the tests (:func:`paired_significance`) from one pass over the outcomes."""
     blocks = _task_blocks(outcomes)
     return _bootstrap(blocks, n_boot, seed), _significance(blocks, alpha)

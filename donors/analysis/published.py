@@ -24,7 +24,6 @@ from donors.analysis.consistency import (
     consistency_by_model,
     consistency_by_size,
 )
-from donors.grid import STUDY_LANGUAGES
 from donors.analysis.constants import (
     CURATED_DATASETS,
     DELTA,
@@ -78,6 +77,7 @@ from donors.analysis.results import (
 )
 from donors.analysis.typology import InsufficientData, linguistic_correlations
 from donors.analysis.variance import variance_decomposition
+from donors.grid import STUDY_LANGUAGES
 
 PARETO_X = "MT-CL gain (Δ pp)"
 PARETO_Y = "Mean off-task Δ (pp)"
@@ -150,9 +150,7 @@ def construction_type(dataset: str, curated: Collection[str] = CURATED_DATASETS)
     return HUMAN_TRANSLATED if dataset in curated else MACHINE_TRANSLATED
 
 
-def mtcl_by_construction_type(
-    df: pd.DataFrame, *, curated: Collection[str] = CURATED_DATASETS
-) -> pd.DataFrame:
+def mtcl_by_construction_type(df: pd.DataFrame, *, curated: Collection[str] = CURATED_DATASETS) -> pd.DataFrame:
     """A4: MT-CL on human- versus machine-translated benchmarks, from the full frame.
 
     Rows ``all``, ``human-translated``, ``machine-translated``; index named ``subset``.
@@ -227,8 +225,13 @@ def task_on_off_summary(df: pd.DataFrame) -> pd.DataFrame:
             }
         )
     columns = [
-        "task", "on_delta", "on_positive_transfer_rate_pct", "on_harm_pct",
-        "off_delta", "off_positive_transfer_rate_pct", "off_harm_pct",
+        "task",
+        "on_delta",
+        "on_positive_transfer_rate_pct",
+        "on_harm_pct",
+        "off_delta",
+        "off_positive_transfer_rate_pct",
+        "off_harm_pct",
     ]
     return pd.DataFrame(records, columns=columns)
 
@@ -250,18 +253,14 @@ def language_group(language: str, groups: Mapping[str, str] = LANGUAGE_GROUPS) -
     return groups.get(language, language)
 
 
-def language_roles_by_family(
-    roles: pd.DataFrame, *, groups: Mapping[str, str] = LANGUAGE_GROUPS
-) -> pd.DataFrame:
+def language_roles_by_family(roles: pd.DataFrame, *, groups: Mapping[str, str] = LANGUAGE_GROUPS) -> pd.DataFrame:
     """A10: unweighted mean of the A9 donor and recipient scores per language group."""
     family = roles["lang"].map(lambda lang: language_group(lang, groups)).rename("family")
     table = roles[["donor", "recipient"]].groupby(family).mean()
     return table.sort_index().reset_index()
 
 
-def language_roles(
-    df: pd.DataFrame, *, datasets: Collection[str] | None = None, exclude: bool = False
-) -> pd.DataFrame:
+def language_roles(df: pd.DataFrame, *, datasets: Collection[str] | None = None, exclude: bool = False) -> pd.DataFrame:
     """A11: the A9 role table restricted by eval dataset, from the full frame.
 
     ``datasets=None`` keeps every dataset; otherwise rows whose eval dataset is in
@@ -273,9 +272,7 @@ def language_roles(
     return role_scores(rows, SOURCE_LANGUAGE, TARGET_LANGUAGE, "lang")
 
 
-def curated_vs_translated_donor_correlation(
-    curated: pd.DataFrame, translated: pd.DataFrame
-) -> pd.DataFrame:
+def curated_vs_translated_donor_correlation(curated: pd.DataFrame, translated: pd.DataFrame) -> pd.DataFrame:
     """A11: Spearman ρ of the curated against the translated donor scores.
 
     Over the languages both tables score; NaN with fewer than two.
@@ -298,9 +295,7 @@ def task_donor_recipient(df: pd.DataFrame) -> pd.DataFrame:
 # A13-A14: transfer matrices ----------------------------------------------------------------
 
 
-def _transfer_matrix(
-    rows: pd.DataFrame, names: list[str], source: str, target: str, index_name: str
-) -> pd.DataFrame:
+def _transfer_matrix(rows: pd.DataFrame, names: list[str], source: str, target: str, index_name: str) -> pd.DataFrame:
     matrix = rows.groupby([source, target])[DELTA].mean().unstack()
     matrix = matrix.reindex(index=names, columns=names)
     matrix.index.name, matrix.columns.name = index_name, None
@@ -326,9 +321,7 @@ def language_transfer_matrix(df: pd.DataFrame) -> pd.DataFrame:
     """
     rows = transfer_set(df)
     names = ordered_names({*rows[SOURCE_LANGUAGE], *rows[TARGET_LANGUAGE]}, STUDY_LANGUAGES)
-    return _transfer_matrix(
-        rows[same_task(rows)], names, SOURCE_LANGUAGE, TARGET_LANGUAGE, "source_language"
-    )
+    return _transfer_matrix(rows[same_task(rows)], names, SOURCE_LANGUAGE, TARGET_LANGUAGE, "source_language")
 
 
 # A15 inputs --------------------------------------------------------------------------------
@@ -352,9 +345,7 @@ def _then(first: Callable, second: Callable) -> Callable[[pd.DataFrame], pd.Data
     return step
 
 
-def published_analyses(
-    *, curated: Collection[str] = CURATED_DATASETS
-) -> dict[str, Callable[[pd.DataFrame], pd.DataFrame]]:
+def published_analyses(*, curated: Collection[str] = CURATED_DATASETS) -> dict[str, Callable[[pd.DataFrame], pd.DataFrame]]:
     """Every published table by its stable name, as a function of the full results table.
 
     In the published driver's order, one callable per table so that each can be run (or
@@ -424,9 +415,7 @@ def skip_reason(error: Exception) -> str:
     return reason
 
 
-def run_analysis(
-    name: str, compute: Callable[[], pd.DataFrame], skipped: list[tuple[str, str]]
-) -> pd.DataFrame | None:
+def run_analysis(name: str, compute: Callable[[], pd.DataFrame], skipped: list[tuple[str, str]]) -> pd.DataFrame | None:
     """``compute()``; when it raises, None, with ``(name, reason)`` appended to ``skipped``.
 
     Only :class:`Exception`: an interrupt still stops the run.
@@ -443,9 +432,7 @@ def skipped_table(skipped: Collection[tuple[str, str]]) -> pd.DataFrame:
     return pd.DataFrame(list(skipped), columns=SKIPPED_COLUMNS)
 
 
-def run_published_analyses(
-    df: pd.DataFrame, *, curated: Collection[str] = CURATED_DATASETS
-) -> dict[str, pd.DataFrame]:
+def run_published_analyses(df: pd.DataFrame, *, curated: Collection[str] = CURATED_DATASETS) -> dict[str, pd.DataFrame]:
     """Run A1-A16 on a results table of any grid; tables keyed by their published names.
 
     Dependent tables (A7 from A6, A10 from A9, the A11 correlation) are computed from
@@ -506,10 +493,7 @@ def check_published_values(df: pd.DataFrame) -> pd.DataFrame:
         ("duplicated (model, source, target) keys", 0, int(df.duplicated(list(KEY_COLUMNS)).sum())),
         ("regime labels differing from the derived regime", 0, mismatched),
     ]
-    checks += [
-        (f"{regime} rows", count, int(regime_counts.get(regime, 0)))
-        for regime, count in PUBLISHED_REGIME_COUNTS.items()
-    ]
+    checks += [(f"{regime} rows", count, int(regime_counts.get(regime, 0))) for regime, count in PUBLISHED_REGIME_COUNTS.items()]
     got_transfer = {
         "mean": transfer.mean(),
         "median": transfer.median(),
@@ -519,9 +503,7 @@ def check_published_values(df: pd.DataFrame) -> pd.DataFrame:
     checks += [(f"transfer {k}", v, got_transfer[k]) for k, v in PUBLISHED_TRANSFER.items()]
     columns = {"mean": MEAN, "positive rate": POSITIVE, "harm rate": HARM}
     for regime, expected in PUBLISHED_BY_REGIME.items():
-        checks += [
-            (f"{regime} {k}", v, summary.loc[regime, columns[k]]) for k, v in expected.items()
-        ]
+        checks += [(f"{regime} {k}", v, summary.loc[regime, columns[k]]) for k, v in expected.items()]
     table = pd.DataFrame(checks, columns=["statistic", "expected", "got"])
     table["ok"] = (table["got"] - table["expected"]).abs() <= PUBLISHED_TOLERANCE
     return table

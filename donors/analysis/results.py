@@ -15,9 +15,6 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from donors.errors import DonorsError
-from donors.grid import regime_labels
-
 from donors.analysis.constants import (
     DELTA,
     FAMILY_SUBSTRINGS,
@@ -42,6 +39,8 @@ from donors.analysis.constants import (
     TARGET_TASK,
     N,
 )
+from donors.errors import DonorsError
+from donors.grid import regime_labels
 
 
 class ResultsTableError(DonorsError, ValueError):
@@ -156,9 +155,7 @@ def load_results_table(
     double (:func:`exact_float`). Numbers already in a DataFrame are kept as they are.
     """
     if float_parser not in FLOAT_PARSERS:
-        raise ValueError(
-            f"float_parser must be one of {', '.join(map(repr, FLOAT_PARSERS))}, not {float_parser!r}"
-        )
+        raise ValueError(f"float_parser must be one of {', '.join(map(repr, FLOAT_PARSERS))}, not {float_parser!r}")
     parse = FLOAT_PARSERS[float_parser]
     if isinstance(path_or_df, pd.DataFrame):
         origin = "the results DataFrame"
@@ -178,14 +175,10 @@ def load_results_table(
                 frame[column] = _numbers(text[column], parse)
     missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
     if missing:
-        raise ResultsTableError(
-            f"{origin} is not a results table in the published schema: "
-            f"missing column(s) {', '.join(missing)}"
-        )
+        raise ResultsTableError(f"{origin} is not a results table in the published schema: missing column(s) {', '.join(missing)}")
     if expect_full_grid and len(frame) != PUBLISHED_ROWS:
         raise ResultsTableError(
-            f"{origin} has {len(frame):,} rows; the published grid has exactly "
-            f"{PUBLISHED_ROWS:,} (9 models x 44 sources x 44 targets)"
+            f"{origin} has {len(frame):,} rows; the published grid has exactly {PUBLISHED_ROWS:,} (9 models x 44 sources x 44 targets)"
         )
     frame[DELTA] = _numbers(frame[DELTA], parse)
     frame[SIZE] = _numbers(frame[SIZE], parse)

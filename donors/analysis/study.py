@@ -90,7 +90,9 @@ def study_tables(
     run("regime_summary_by_model", functools.partial(regime_summary_by_model, results))
     if stored is not None:
         tables.update(run_analysis("validity", lambda: validity_tables(stored, published_metric, bias_free_metric), skipped) or {})
-        tables.update(run_analysis("item_level_tables", lambda: item_level_tables(stored.item_scores(metric or published_metric)), skipped) or {})
+        tables.update(
+            run_analysis("item_level_tables", lambda: item_level_tables(stored.item_scores(metric or published_metric)), skipped) or {}
+        )
     if skipped:
         tables[SKIPPED_ANALYSES] = skipped_table(skipped)
     return tables

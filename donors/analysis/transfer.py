@@ -16,6 +16,8 @@ import pandas as pd
 from donors.grid import regime_labels, size_from_name
 
 KEYS = ["model_name", "model_size", "fine_tuned_dataset", "fine_tuned_language", "eval_dataset", "eval_language"]
+
+
 def results_table(scores: pd.DataFrame) -> pd.DataFrame:
     """Stored per-(state, target) scores -> one row per (model, source, target), published schema."""
     base = scores[scores["source_task"].isna()][["model", "target_task", "target_language", "accuracy", "accuracy_norm"]]
@@ -27,7 +29,9 @@ def results_table(scores: pd.DataFrame) -> pd.DataFrame:
     missing = merged["score_base"].isna()
     if missing.any():
         first = merged[missing].iloc[0]
-        raise ValueError(f"no base-model score for {first['model']} on {first['target_task']}/{first['target_language']}; run the study to finish it")
+        raise ValueError(
+            f"no base-model score for {first['model']} on {first['target_task']}/{first['target_language']}; run the study to finish it"
+        )
     merged["delta_score"] = 100 * (merged["score"] - merged["score_base"])
     merged["delta_score_norm"] = 100 * (merged["score_norm"] - merged["score_norm_base"])
     merged = merged.rename(

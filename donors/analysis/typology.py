@@ -128,9 +128,7 @@ def _has_features(code: str) -> bool:
     return True
 
 
-def typological_distances(
-    languages: Iterable[str], *, iso_codes: Mapping[str, str] | None = None
-) -> pd.DataFrame:
+def typological_distances(languages: Iterable[str], *, iso_codes: Mapping[str, str] | None = None) -> pd.DataFrame:
     """Cosine distance between URIEL kNN feature vectors for every ordered language pair.
 
     Columns src, tgt and one per feature set (Syntax, Phonology, Inventory Distance).
@@ -173,10 +171,7 @@ def family_distances(languages: Iterable[str]) -> pd.DataFrame:
         return FAMILY_DISTANCE_OTHER
 
     languages = sorted(set(languages))
-    records = [
-        {"src": a, "tgt": b, "Family Distance": between(a, b)}
-        for a, b in itertools.permutations(languages, 2)
-    ]
+    records = [{"src": a, "tgt": b, "Family Distance": between(a, b)} for a, b in itertools.permutations(languages, 2)]
     return pd.DataFrame(records, columns=["src", "tgt", "Family Distance"])
 
 
@@ -213,9 +208,7 @@ def linguistic_correlations(
     for metric in metrics:
         with warnings.catch_warnings():
             # A metric whose distances are all equal has no correlation: NaN is the answer.
-            warnings.filterwarnings(
-                "ignore", message="An input array is constant", category=stats.ConstantInputWarning
-            )
+            warnings.filterwarnings("ignore", message="An input array is constant", category=stats.ConstantInputWarning)
             spearman = stats.spearmanr(data[metric], data["delta"])
             r = stats.pearsonr(data[metric], data["delta"]).statistic
         rho, p_value = spearman.statistic, spearman.pvalue
@@ -226,10 +219,7 @@ def linguistic_correlations(
 def _too_few_pairs(pairs: pd.DataFrame, distances: pd.DataFrame, usable: int, from_lang2vec: bool) -> str:
     """Why A5 has fewer than :data:`MIN_LANGUAGE_PAIRS` language pairs to correlate."""
     languages = sorted({*pairs["src"], *pairs["tgt"]})
-    reason = (
-        f"{usable} language pair(s) with both a mean MT-CL delta and a distance; "
-        f"at least {MIN_LANGUAGE_PAIRS} are needed"
-    )
+    reason = f"{usable} language pair(s) with both a mean MT-CL delta and a distance; at least {MIN_LANGUAGE_PAIRS} are needed"
     if not len(pairs):
         return f"{reason} (the table has no MT-CL rows between two languages)"
     placed = {*distances["src"], *distances["tgt"]}

@@ -104,8 +104,16 @@ def pooled_regime_intervals(pairs: pd.DataFrame, replicates: np.ndarray, level: 
             continue
         pooled = np.nanmean(replicates[mask], axis=0)
         low, high = np.nanquantile(pooled, [tail, 1 - tail]) if np.isfinite(pooled).any() else (np.nan, np.nan)
-        rows.append({REGIME: regime, "pairs": int(mask.sum()), "delta": float(pairs.loc[mask, "delta"].mean()),
-                     "ci_low": float(low), "ci_high": float(high), "excludes_zero": bool(low > 0 or high < 0)})
+        rows.append(
+            {
+                REGIME: regime,
+                "pairs": int(mask.sum()),
+                "delta": float(pairs.loc[mask, "delta"].mean()),
+                "ci_low": float(low),
+                "ci_high": float(high),
+                "excludes_zero": bool(low > 0 or high < 0),
+            }
+        )
     return pd.DataFrame(rows, columns=[REGIME, "pairs", "delta", "ci_low", "ci_high", "excludes_zero"])
 
 

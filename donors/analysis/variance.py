@@ -113,9 +113,7 @@ def variance_shares(components: dict[str, float]) -> pd.Series:
     return pd.Series({k: 100.0 * retained.get(k, 0.0) / total for k in VARIANCE_ROWS})
 
 
-def variance_decomposition(
-    df: pd.DataFrame, *, min_rows: int = VARIANCE_MIN_ROWS, use_sparse: bool = False
-) -> pd.DataFrame:
+def variance_decomposition(df: pd.DataFrame, *, min_rows: int = VARIANCE_MIN_ROWS, use_sparse: bool = False) -> pd.DataFrame:
     """A15: variance shares (%) of Model, Source, Target and Residual over T.
 
     One ``Overall`` fit, then one per transfer regime with at least ``min_rows`` rows

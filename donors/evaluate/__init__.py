@@ -17,7 +17,6 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Callable, Hashable, Mapping, Protocol, Sequence, TypeVar
 
 from donors.records import ItemPrediction, TargetResult, TargetScore
-
 from donors.tasks.item import Item
 from donors.tasks.prompts import PromptFormat, choice_strings
 
@@ -59,10 +58,13 @@ def summarize(predictions: Sequence[ItemPrediction]) -> TargetScore:
     n = len(predictions)
     first = predictions[0]
     return TargetScore(
-        first.target_task, first.target_language, n,
+        first.target_task,
+        first.target_language,
+        n,
         accuracy=sum(p.predicted == p.gold for p in predictions) / n,
         accuracy_norm=sum(p.predicted_norm == p.gold for p in predictions) / n,
-        predicted_counts=tuple(predicted), gold_counts=tuple(gold),
+        predicted_counts=tuple(predicted),
+        gold_counts=tuple(gold),
     )
 
 
@@ -111,7 +113,9 @@ class PermutedScorer:
     def __init__(self, inner: Scorer):
         self.inner = inner
 
-    def score(self, model, tokenizer, targets: Mapping[Key, Sequence[Item]], *, model_name: str = "", on_batch=None) -> dict[Key, TargetResult]:
+    def score(
+        self, model, tokenizer, targets: Mapping[Key, Sequence[Item]], *, model_name: str = "", on_batch=None
+    ) -> dict[Key, TargetResult]:
         results = self.inner.score(model, tokenizer, targets, model_name=model_name, on_batch=on_batch)
         width = max((len(item.choices) for items in targets.values() for item in items), default=0)
         for rotation in range(1, width):

@@ -28,8 +28,8 @@ from typing import Any, Mapping, Sequence
 import yaml
 
 from donors.evaluate import Key, TargetResult, prediction, summarize
-from donors.tasks.prompts import PromptFormat, choice_strings, prompt_text
 from donors.tasks.item import Item
+from donors.tasks.prompts import PromptFormat, choice_strings, prompt_text
 
 LM_EVAL_VERSION = "0.4.13"
 
@@ -42,7 +42,12 @@ def lm_eval_task_name(task: str, language: str) -> str:
 def task_rows(items: Sequence[Item], prompt_format: PromptFormat) -> list[dict[str, Any]]:
     """One JSON object per item: the prompt before any chat template, the choices, the gold index."""
     return [
-        {"id": item.id, "prompt": prompt_text(item, prompt_format), "choices": list(choice_strings(item, prompt_format)), "answer": item.answer_index}
+        {
+            "id": item.id,
+            "prompt": prompt_text(item, prompt_format),
+            "choices": list(choice_strings(item, prompt_format)),
+            "answer": item.answer_index,
+        }
         for item in items
     ]
 
@@ -112,7 +117,9 @@ class HarnessScorer:
     objects, so scoring K adapters costs K evaluations, not K task builds.
     """
 
-    def __init__(self, *, chat_template: bool, batch_size: int = 32, prompt_format: PromptFormat = "lettered", workdir: str | Path | None = None):
+    def __init__(
+        self, *, chat_template: bool, batch_size: int = 32, prompt_format: PromptFormat = "lettered", workdir: str | Path | None = None
+    ):
         if str(batch_size).startswith("auto"):
             raise ValueError("use a fixed batch size: lm-eval's 'auto' probes for minutes on a CPU")
         self.chat_template = chat_template
@@ -162,7 +169,9 @@ class HarnessScorer:
             self._wrapped = model
         return self._lm
 
-    def score(self, model, tokenizer, targets: Mapping[Key, Sequence[Item]], *, model_name: str = "", on_batch=None) -> dict[Key, TargetResult]:
+    def score(
+        self, model, tokenizer, targets: Mapping[Key, Sequence[Item]], *, model_name: str = "", on_batch=None
+    ) -> dict[Key, TargetResult]:
         from lm_eval.evaluator import evaluate
 
         names = self.task_names(targets)

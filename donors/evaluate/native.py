@@ -201,7 +201,9 @@ def _slot_offsets(requests: Sequence[ScoringRequest]) -> list[int]:
 
 
 @torch.inference_mode()
-def _single_token_logprobs(model, requests: Sequence[ScoringRequest], pad_id: int, batch_size: int, on_batch, normalize: bool = True) -> list[list[float]]:
+def _single_token_logprobs(
+    model, requests: Sequence[ScoringRequest], pad_id: int, batch_size: int, on_batch, normalize: bool = True
+) -> list[list[float]]:
     """One forward pass per item; the head only at the answer position, for the candidates (or all, to normalise)."""
     _, head, softcap = causal_lm_parts(model)
     device = next(model.parameters()).device
@@ -223,7 +225,9 @@ def _cache_window(model) -> int | None:
     return window - 1 if window else None
 
 
-def _packed_tails(tails_per_row: Sequence[Sequence[tuple[int, ...]]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _packed_tails(
+    tails_per_row: Sequence[Sequence[tuple[int, ...]]], pad_id: int, device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Each row's continuation tails (all tokens but the last) end to end: (ids, segment, offset).
 
     ``segment`` numbers the tails within a row (-1 on padding); ``offset`` is a token's place in its tail.
@@ -290,10 +294,16 @@ def _shared_context_logprobs(model, requests: Sequence[ScoringRequest], pad_id: 
                 scored = _full_continuation_logprobs(model, [requests[i] for i in batch], pad_id, batch_size, None, body=body)
                 full.update(zip(batch, scored))
             else:
-                result, mask, lengths, last = _encode_contexts(body, [requests[i].context_ids for i in batch], pad_id, device, use_cache=True)
-                queue.add(last, [(row, c[0], offsets[i] + k) for row, i in enumerate(batch) for k, c in enumerate(requests[i].continuations)])
+                result, mask, lengths, last = _encode_contexts(
+                    body, [requests[i].context_ids for i in batch], pad_id, device, use_cache=True
+                )
+                queue.add(
+                    last, [(row, c[0], offsets[i] + k) for row, i in enumerate(batch) for k, c in enumerate(requests[i].continuations)]
+                )
                 if any(tails_per_row):
-                    hidden = _continuation_tails(body, result.past_key_values, mask, lengths, [[c for _, c in t] for t in tails_per_row], pad_id)
+                    hidden = _continuation_tails(
+                        body, result.past_key_values, mask, lengths, [[c for _, c in t] for t in tails_per_row], pad_id
+                    )
                     wanted = [(offsets[i] + k, token) for i, tails in zip(batch, tails_per_row) for k, c in tails for token in c[1:]]
                     queue.add(hidden, [(row, token, slot) for row, (slot, token) in enumerate(wanted)])
             if on_batch:
@@ -305,7 +315,9 @@ def _shared_context_logprobs(model, requests: Sequence[ScoringRequest], pad_id: 
 
 
 @torch.inference_mode()
-def _full_continuation_logprobs(model, requests: Sequence[ScoringRequest], pad_id: int, batch_size: int, on_batch, body=None) -> list[list[float]]:
+def _full_continuation_logprobs(
+    model, requests: Sequence[ScoringRequest], pad_id: int, batch_size: int, on_batch, body=None
+) -> list[list[float]]:
     """Sum of token log-probs of each whole continuation after its context, every pair run in full."""
     if body is None:
         with scoring_body(model) as body:
@@ -363,14 +375,25 @@ class NativeScorer:
         self.prompt_format = prompt_format
         self.normalize = normalize
 
-    def score(self, model, tokenizer, targets: Mapping[Key, Sequence[Item]], *, model_name: str = "", on_batch=None) -> dict[Key, TargetResult]:
+    def score(
+        self, model, tokenizer, targets: Mapping[Key, Sequence[Item]], *, model_name: str = "", on_batch=None
+    ) -> dict[Key, TargetResult]:
         """All targets in one length-sorted pass, so small targets still fill whole batches."""
         on_gpu = next(model.parameters()).device.type == "cuda"
         items = [item for target in targets.values() for item in target]
-        predictions = iter(score_choices(
-            model, tokenizer, items, chat_template=self.chat_template, model_name=model_name, on_batch=on_batch,
-            batch_size=self.batch_size * (GPU_BATCH_FACTOR if on_gpu else 1), prompt_format=self.prompt_format, normalize=self.normalize,
-        ))
+        predictions = iter(
+            score_choices(
+                model,
+                tokenizer,
+                items,
+                chat_template=self.chat_template,
+                model_name=model_name,
+                on_batch=on_batch,
+                batch_size=self.batch_size * (GPU_BATCH_FACTOR if on_gpu else 1),
+                prompt_format=self.prompt_format,
+                normalize=self.normalize,
+            )
+        )
         results = {}
         for key, target in targets.items():
             results[key] = target_result([next(predictions) for _ in target])

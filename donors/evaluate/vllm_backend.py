@@ -23,9 +23,9 @@ from typing import Callable, Hashable, Iterator, Mapping, Sequence, TypeVar
 
 from donors.config import ConfigError
 from donors.evaluate import Key, TargetResult, prediction, target_result
-from donors.tasks.prompts import PromptFormat, ScoringRequest, build_requests
 from donors.models import load_tokenizer, pick_dtype, resolve_model
 from donors.tasks.item import Item
+from donors.tasks.prompts import PromptFormat, ScoringRequest, build_requests
 
 State = TypeVar("State", bound=Hashable)
 
@@ -134,8 +134,12 @@ class VllmScorer:
             lora = self._lora(adapter_path)
             for key, items in targets.items():
                 requests = build_requests(
-                    items, self.tokenizer, chat_template=self.chat_template, prompt_format=self.prompt_format,
-                    model_name=self.model_name, max_length=MAX_MODEL_LEN,
+                    items,
+                    self.tokenizer,
+                    chat_template=self.chat_template,
+                    prompt_format=self.prompt_format,
+                    model_name=self.model_name,
+                    max_length=MAX_MODEL_LEN,
                 )
                 single = all(len(c) == 1 for r in requests for c in r.continuations)
                 first = len(prompts)

@@ -56,8 +56,12 @@ class LocalExecutor:
                 self.store.mark_running([job.job_id], "train")
                 try:
                     record = train_adapter(
-                        self.config, job, self.data.train[job.source], self.config.adapter_storage,
-                        on_step=lambda step, total: progress.update(bar, completed=step, total=total), base=base,
+                        self.config,
+                        job,
+                        self.data.train[job.source],
+                        self.config.adapter_storage,
+                        on_step=lambda step, total: progress.update(bar, completed=step, total=total),
+                        base=base,
                     )
                     self.store.add_adapter(record)
                     losses = ", ".join(f"{v:.3f}" for v in record.validation_losses)
@@ -94,8 +98,13 @@ class LocalExecutor:
 
             self.store.mark_running([EvalJob(state, t).job_id for state, _, targets in work for t in targets], "eval")
             evaluate_states(
-                self.config, model, work, self.data.test,
-                on_result=scored, on_failure=failed, on_items=lambda n: progress.advance(bar, n),
+                self.config,
+                model,
+                work,
+                self.data.test,
+                on_result=scored,
+                on_failure=failed,
+                on_items=lambda n: progress.advance(bar, n),
             )
         self.console.print(f"  scored {n_pairs} pair(s) of {model}")
 

@@ -42,11 +42,18 @@ def _train_task(config: StudyConfig, job: TrainJob, items) -> object:
     return train_adapter(config, job, items, config.adapter_storage)
 
 
-def _evaluate_task(config: StudyConfig, model: str, work, test_items) -> tuple[list[tuple[ModelState, TargetResult]], list[tuple[ModelState, Cell, str]]]:
+def _evaluate_task(
+    config: StudyConfig, model: str, work, test_items
+) -> tuple[list[tuple[ModelState, TargetResult]], list[tuple[ModelState, Cell, str]]]:
     results: list[tuple[ModelState, TargetResult]] = []
     failures: list[tuple[ModelState, Cell, str]] = []
     evaluate_states(
-        config, model, work, test_items, lambda s, r: results.append((s, r)), lambda s, t, e: failures.append((s, t, f"{type(e).__name__}: {e}"))
+        config,
+        model,
+        work,
+        test_items,
+        lambda s, r: results.append((s, r)),
+        lambda s, t, e: failures.append((s, t, f"{type(e).__name__}: {e}")),
     )
     return results, failures
 
@@ -83,7 +90,9 @@ class RayExecutor:
         eval_remote = ray.remote(max_calls=1, **options)(_evaluate_task)
 
         pending_train = pending_train_jobs(self.config, self.store)
-        self.console.print(f"[bold]ray[/bold] {len(pending_train)} training job(s), {gpus:g} GPU(s) and {settings.cpus_per_job:g} CPU(s) each")
+        self.console.print(
+            f"[bold]ray[/bold] {len(pending_train)} training job(s), {gpus:g} GPU(s) and {settings.cpus_per_job:g} CPU(s) each"
+        )
         in_flight = {train_remote.remote(self.config, job, self.data.train[job.source]): ("train", job) for job in pending_train}
         self.store.mark_running([job.job_id for job in pending_train], "train")
         waiting_groups = self._eval_groups()

@@ -24,6 +24,7 @@ from donors.records import AdapterRecord, ModelState, TargetResult
 from donors.tasks.item import Item
 from donors.train.lora import train_lora
 
+
 def library_versions() -> dict[str, str]:
     import peft
     import transformers
@@ -58,8 +59,16 @@ def train_adapter(
     model, tokenizer = base or load_model(job.model, dtype=config.dtype, trust_remote_code=config.trust_remote_code)
     path = job.adapter_dir(storage_dir)
     result = train_lora(
-        model, tokenizer, items, lora=config.lora, train=config.train_config_for(job.source.task), seed=job.seed,
-        output_dir=path, model_name=job.model, prompt_format=config.train_format, on_step=on_step,
+        model,
+        tokenizer,
+        items,
+        lora=config.lora,
+        train=config.train_config_for(job.source.task),
+        seed=job.seed,
+        output_dir=path,
+        model_name=job.model,
+        prompt_format=config.train_format,
+        on_step=on_step,
     )
     return AdapterRecord(
         adapter_id=job.job_id,
@@ -129,8 +138,12 @@ def _evaluate_with_vllm(config, model_name, work, test_items, on_result, on_fail
     from donors.evaluate.vllm_backend import VllmScorer
 
     scorer = VllmScorer(
-        model_name, chat_template=config.eval.chat_template, prompt_format=config.eval.prompt_format,
-        lora_rank=config.lora.r, dtype=config.dtype, trust_remote_code=config.trust_remote_code,
+        model_name,
+        chat_template=config.eval.chat_template,
+        prompt_format=config.eval.prompt_format,
+        lora_rank=config.lora.r,
+        dtype=config.dtype,
+        trust_remote_code=config.trust_remote_code,
     )
     pending = {(state, target) for state, _, targets in work for target in targets}
     states = [(state, adapter_path, {target: test_items[target] for target in targets}) for state, adapter_path, targets in work]

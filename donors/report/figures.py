@@ -86,8 +86,15 @@ def transfer_heatmap(matrix: pd.DataFrame, title: str = "Transfer (pp)") -> Figu
     for i, source in enumerate(matrix.index):
         for j, target in enumerate(matrix.columns):
             if np.isfinite(array[i, j]) and array.size <= MAX_ANNOTATED_CELLS:
-                ax.text(j, i, f"{array[i, j]:.1f}", ha="center", va="center", fontsize=7,
-                        color="white" if abs(array[i, j]) > 0.6 * limit else "black")
+                ax.text(
+                    j,
+                    i,
+                    f"{array[i, j]:.1f}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if abs(array[i, j]) > 0.6 * limit else "black",
+                )
             if source == target:
                 ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, lw=1.5, ec="black"))
     return figure
@@ -110,7 +117,9 @@ def significance_heatmap(cells: pd.DataFrame, title: str = "Transfer (pp) and si
                 ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, facecolor="white", alpha=0.55, hatch="///", edgecolor="0.6", lw=0))
     figure.legend(
         handles=[Patch(facecolor="white", edgecolor="0.6", hatch="///", label=f"not significant (q ≥ {alpha:g})")],
-        loc="outside lower center", fontsize=8, frameon=False,
+        loc="outside lower center",
+        fontsize=8,
+        frameon=False,
     )
     return figure
 
@@ -137,14 +146,12 @@ def donor_recipient_figure(roles: pd.DataFrame, key: str, title: str) -> Figure:
     ax = figure.subplots()
     ax.scatter(roles["donor"], roles["recipient"], s=45, color="tab:blue", zorder=3)
     for _, row in roles.iterrows():
-        ax.annotate(str(row[key]), (row["donor"], row["recipient"]), xytext=(4, 4),
-                    textcoords="offset points", fontsize="small")
+        ax.annotate(str(row[key]), (row["donor"], row["recipient"]), xytext=(4, 4), textcoords="offset points", fontsize="small")
     values = roles[["donor", "recipient"]].to_numpy(float)
     finite = values[np.isfinite(values)]
     low, high = (finite.min(), finite.max()) if finite.size else (-1.0, 1.0)
     pad = 0.1 * (high - low) if high - low > 1e-9 else 1.0
-    ax.plot([low - pad, high + pad], [low - pad, high + pad], color="0.5", linestyle="--",
-            linewidth=1, label="y = x")
+    ax.plot([low - pad, high + pad], [low - pad, high + pad], color="0.5", linestyle="--", linewidth=1, label="y = x")
     _reference_lines(ax)
     ax.set_xlim(low - pad, high + pad)
     ax.set_ylim(low - pad, high + pad)
@@ -174,8 +181,7 @@ def pareto_on_off_figure(profiles: pd.DataFrame) -> Figure:
     _reference_lines(ax)
     handles = [_legend_handle(d, color=c) for d, c in colors.items()]
     handles += [
-        _legend_handle(f, marker=FAMILY_MARKERS.get(f, FAMILY_MARKERS[OTHER_FAMILY]))
-        for f in _family_order(profiles["family"].dropna())
+        _legend_handle(f, marker=FAMILY_MARKERS.get(f, FAMILY_MARKERS[OTHER_FAMILY])) for f in _family_order(profiles["family"].dropna())
     ]
     handles += [_legend_handle(f"size {b}", size=np.sqrt(a)) for b, a in SIZE_AREAS.items()]
     ax.legend(handles=handles, loc="best", fontsize="small", frameon=False)
@@ -196,14 +202,21 @@ def pareto_on_off_summary_figure(summary: pd.DataFrame, profiles: pd.DataFrame |
         if profiles is not None:
             runs = profiles[profiles["family"] == family]
             ax.scatter(
-                runs[PARETO_X], runs[PARETO_Y], s=12,
-                c=[colors.get(d, "0.5") for d in runs[SOURCE_TASK]], alpha=0.2, edgecolors="none",
+                runs[PARETO_X],
+                runs[PARETO_Y],
+                s=12,
+                c=[colors.get(d, "0.5") for d in runs[SOURCE_TASK]],
+                alpha=0.2,
+                edgecolors="none",
             )
         means = summary[summary["family"] == family]
         ax.scatter(
-            means[PARETO_X], means[PARETO_Y],
+            means[PARETO_X],
+            means[PARETO_Y],
             s=20.0 + size_scale * means["model_size"].fillna(1.0),
-            c=[colors[d] for d in means[SOURCE_TASK]], edgecolors="black", linewidths=0.6,
+            c=[colors[d] for d in means[SOURCE_TASK]],
+            edgecolors="black",
+            linewidths=0.6,
         )
         _reference_lines(ax)
         names = sorted({consistency_family(m) for m in means["model_name"]})
@@ -212,12 +225,11 @@ def pareto_on_off_summary_figure(summary: pd.DataFrame, profiles: pd.DataFrame |
     axes[0].set_ylabel("Mean off-task Δ (pp)")
     axes[-1].legend(
         handles=[_legend_handle(d, color=c) for d, c in colors.items()],
-        loc="best", fontsize="small", frameon=False,
+        loc="best",
+        fontsize="small",
+        frameon=False,
     )
-    figure.suptitle(
-        "On-task gain versus off-task effect, averaged over source languages "
-        "(marker area grows with parameter count)"
-    )
+    figure.suptitle("On-task gain versus off-task effect, averaged over source languages (marker area grows with parameter count)")
     return figure
 
 
@@ -225,19 +237,17 @@ def published_figures(tables: dict[str, pd.DataFrame]) -> dict[str, Figure]:
     """Every published figure (A6, A7, A9, A12-A14) by its release file stem, from ``run_published_analyses`` tables."""
     return {
         "pareto_on_off": pareto_on_off_figure(tables["pareto_profiles"]),
-        "pareto_on_off_summary": pareto_on_off_summary_figure(
-            tables["pareto_family_summary"], tables["pareto_profiles"]
-        ),
+        "pareto_on_off_summary": pareto_on_off_summary_figure(tables["pareto_family_summary"], tables["pareto_profiles"]),
         "language_donor_recipient": donor_recipient_figure(
-            tables["language_donor_recipient"], key="lang",
+            tables["language_donor_recipient"],
+            key="lang",
             title="Languages as donors and recipients of MT-CL transfer",
         ),
         "task_donor_recipient": donor_recipient_figure(
-            tables["task_donor_recipient"], key="dataset",
+            tables["task_donor_recipient"],
+            key="dataset",
             title="Tasks as donors and recipients of CT-ML transfer",
         ),
-        "task_transfer_matrix": transfer_heatmap(
-            tables["task_transfer_matrix"], title="Cross-task transfer (CT-ML), mean Δ in pp"
-        ),
+        "task_transfer_matrix": transfer_heatmap(tables["task_transfer_matrix"], title="Cross-task transfer (CT-ML), mean Δ in pp"),
         "language_transfer_matrix": language_transfer_matrix_figure(tables["language_transfer_matrix"]),
     }

@@ -44,7 +44,11 @@ def _png(fig, save_as: Path | None = None) -> str:
 
 def _table(frame: pd.DataFrame, digits: int = 2) -> str:
     index = not isinstance(frame.index, pd.RangeIndex)
-    return "<div class='wide'>" + frame.to_html(escape=True, float_format=lambda v: f"{v:.{digits}f}", na_rep="", border=0, index=index) + "</div>"
+    return (
+        "<div class='wide'>"
+        + frame.to_html(escape=True, float_format=lambda v: f"{v:.{digits}f}", na_rep="", border=0, index=index)
+        + "</div>"
+    )
 
 
 LARGE_TABLE_ROWS = 1000
@@ -90,26 +94,37 @@ def _significance_sections(tables: dict[str, pd.DataFrame], figure_path) -> list
     ]
     for model, rows in cells.groupby("model", sort=True):
         name = f"significance__{str(model).replace('/', '__')}"
-        parts += [f"<h3>{html.escape(str(model))}</h3>", _png(significance_heatmap(rows, title=f"{model}: Δ (pp), significant pairs solid"), figure_path(name))]
+        parts += [
+            f"<h3>{html.escape(str(model))}</h3>",
+            _png(significance_heatmap(rows, title=f"{model}: Δ (pp), significant pairs solid"), figure_path(name)),
+        ]
     significant = tables.get("significant_transfers")
     transfers = cells[cells["regime"] != "MT-ML"]
     if significant is None or significant.empty:
         low, high = int(cells["n_items"].min()), int(cells["n_items"].max())
         items = f"{low}" if low == high else f"{low}–{high}"
-        parts.append(f"<p>No transfer pair is significant at q &lt; 0.05 ({len(transfers)} transfer pairs tested, "
-                     f"{items} items per target).</p>")
+        parts.append(
+            f"<p>No transfer pair is significant at q &lt; 0.05 ({len(transfers)} transfer pairs tested, {items} items per target).</p>"
+        )
     else:
         listed = significant.groupby("model", sort=True).head(SIGNIFICANT_ROWS_PER_MODEL)
-        more = (f" The {SIGNIFICANT_ROWS_PER_MODEL} smallest q-values of each model are listed; all are in significant_transfers.csv."
-                if len(listed) < len(significant) else "")
-        parts += [f"<p>{len(significant)} of {len(transfers)} transfer pairs are significant at q &lt; 0.05 (MT-ML pairs not listed).{more}</p>",
-                  _table(_pairs_for_display(listed))]
+        more = (
+            f" The {SIGNIFICANT_ROWS_PER_MODEL} smallest q-values of each model are listed; all are in significant_transfers.csv."
+            if len(listed) < len(significant)
+            else ""
+        )
+        parts += [
+            f"<p>{len(significant)} of {len(transfers)} transfer pairs are significant at q &lt; 0.05 (MT-ML pairs not listed).{more}</p>",
+            _table(_pairs_for_display(listed)),
+        ]
     asymmetric = tables.get("most_asymmetric_pairs")
     if asymmetric is not None and not asymmetric.empty:
-        parts += ["<h2>Most asymmetric pairs</h2>",
-                  "<p class='note'>Asymmetry = Δ(A→B) − Δ(B→A), turned so that A→B is the larger direction; "
-                  "its 95% interval comes from the same item resamples as both directions.</p>",
-                  _table(asymmetric)]
+        parts += [
+            "<h2>Most asymmetric pairs</h2>",
+            "<p class='note'>Asymmetry = Δ(A→B) − Δ(B→A), turned so that A→B is the larger direction; "
+            "its 95% interval comes from the same item resamples as both directions.</p>",
+            _table(asymmetric),
+        ]
     return parts
 
 
@@ -137,10 +152,12 @@ def _validity_sections(tables: dict[str, pd.DataFrame], figure_path, published: 
         "own choice probabilities (no extra forward pass); where it and the published metric disagree, the published "
         "figure is letter preference.",
     )
-    for name, title in (("metric_comparison", "Mean Δ (pp) per regime under each metric"),
-                        ("pooled_regime_intervals", "Pooled Δ per regime with 95% paired bootstrap intervals"),
-                        ("own_cell_gains", "Sources that improve their own cell (MT-ML) significantly"),
-                        ("collapse_summary", "Collapsed (model state, target) pairs")):
+    for name, title in (
+        ("metric_comparison", "Mean Δ (pp) per regime under each metric"),
+        ("pooled_regime_intervals", "Pooled Δ per regime with 95% paired bootstrap intervals"),
+        ("own_cell_gains", "Sources that improve their own cell (MT-ML) significantly"),
+        ("collapse_summary", "Collapsed (model state, target) pairs"),
+    ):
         frame = tables.get(name)
         if frame is not None and not frame.empty:
             parts += _section(title, _table(frame), level=3)
@@ -243,47 +260,75 @@ def build_report(
         grid["tasks"] = [t["name"] if isinstance(t, dict) else t for t in settings.get("tasks", [])]
         parts += ["<h2>Grid and settings</h2>", f"<pre>{html.escape(json.dumps(grid, indent=1))}</pre>"]
         recipe = {k: settings.get(k) for k in ("lora", "train", "eval")}
-        parts += ["<details><summary>LoRA, training and evaluation settings</summary>", f"<pre>{html.escape(json.dumps(recipe, indent=1))}</pre></details>"]
+        parts += [
+            "<details><summary>LoRA, training and evaluation settings</summary>",
+            f"<pre>{html.escape(json.dumps(recipe, indent=1))}</pre></details>",
+        ]
     by_model = tables.get("regime_summary_by_model")
     if by_model is not None and not by_model.empty:
-        parts += ["<h2>Regimes per model</h2>",
-                  "<p class='note'>Each model on its own, before the pooled table: pooling pairs across models can reverse "
-                  "a comparison that holds within every model. MT-ML is the trained cell itself and is kept out of the transfer regimes.</p>",
-                  _table(by_model)]
+        parts += [
+            "<h2>Regimes per model</h2>",
+            "<p class='note'>Each model on its own, before the pooled table: pooling pairs across models can reverse "
+            "a comparison that holds within every model. MT-ML is the trained cell itself and is kept out of the transfer regimes.</p>",
+            _table(by_model),
+        ]
     if "regime_summary" in tables:
-        parts += ["<h2>Regimes (pooled over models)</h2>", "<p class='note'>MT-ML is the trained cell itself and is kept out of the transfer regimes.</p>",
-                  _table(tables["regime_summary"])]
+        parts += [
+            "<h2>Regimes (pooled over models)</h2>",
+            "<p class='note'>MT-ML is the trained cell itself and is kept out of the transfer regimes.</p>",
+            _table(tables["regime_summary"]),
+        ]
     for name, matrix in tables.items():
         if name.startswith("transfer_matrix__") and not matrix.empty:
             model = name.split("__", 1)[1]
-            parts += [f"<h2>Transfer matrix: {html.escape(model)}</h2>", _png(transfer_heatmap(matrix, title=f"{model}: transfer (pp)"), figure_path(name))]
+            parts += [
+                f"<h2>Transfer matrix: {html.escape(model)}</h2>",
+                _png(transfer_heatmap(matrix, title=f"{model}: transfer (pp)"), figure_path(name)),
+            ]
     for name, key, what, regime in (
         ("language_donor_recipient", "lang", "Languages", "MT-CL"),
         ("task_donor_recipient", "dataset", "Tasks", "CT-ML"),
     ):
         roles = tables.get(name)
         if roles is not None and not roles.empty:
-            parts += [f"<h2>{what} as donors and recipients ({regime})</h2>",
-                      "<p class='note'>Donor: mean transfer a source gives; recipient: mean transfer a target receives (two-stage means, each model weighs equally).</p>",
-                      _png(donor_recipient_figure(roles, key=key, title=f"{what}: donor vs recipient ({regime})"), figure_path(name)), _table(roles)]
+            parts += [
+                f"<h2>{what} as donors and recipients ({regime})</h2>",
+                "<p class='note'>Donor: mean transfer a source gives; recipient: mean transfer a target receives (two-stage means, each model weighs equally).</p>",
+                _png(donor_recipient_figure(roles, key=key, title=f"{what}: donor vs recipient ({regime})"), figure_path(name)),
+                _table(roles),
+            ]
     parts += _significance_sections(tables, figure_path)
     shown = {
-        "regime_summary", "regime_summary_by_model", "language_donor_recipient", "task_donor_recipient",
-        "significant_transfers", "most_asymmetric_pairs", "validity_findings", "metric_comparison", "pooled_regime_intervals",
-        "own_cell_gains", "collapse_summary", "option_diagnostics", "skipped_analyses",
+        "regime_summary",
+        "regime_summary_by_model",
+        "language_donor_recipient",
+        "task_donor_recipient",
+        "significant_transfers",
+        "most_asymmetric_pairs",
+        "validity_findings",
+        "metric_comparison",
+        "pooled_regime_intervals",
+        "own_cell_gains",
+        "collapse_summary",
+        "option_diagnostics",
+        "skipped_analyses",
     }
     if _has_values(tables.get("variance_decomposition_all")):
         shown.add("variance_decomposition_all")
-        parts += ["<h2>Variance shares</h2>",
-                  "<p class='note'>Share (%) of the variance of transfer due to the model, the source and the target "
-                  "(mixed model, sources and targets nested in models), over all transfer pairs and per regime.</p>",
-                  _table(tables["variance_decomposition_all"])]
+        parts += [
+            "<h2>Variance shares</h2>",
+            "<p class='note'>Share (%) of the variance of transfer due to the model, the source and the target "
+            "(mixed model, sources and targets nested in models), over all transfer pairs and per regime.</p>",
+            _table(tables["variance_decomposition_all"]),
+        ]
     if _has_values(tables.get("consistency_by_model")):
         shown.add("consistency_by_model")
-        parts += ["<h2>Consistency across models</h2>",
-                  "<p class='note'>How alike models rank the recipients of a source: the mean Kendall τ-b over pairs of models, "
-                  "per source; its median and quartiles over sources, per regime.</p>",
-                  _table(tables["consistency_by_model"], 3)]
+        parts += [
+            "<h2>Consistency across models</h2>",
+            "<p class='note'>How alike models rank the recipients of a source: the mean Kendall τ-b over pairs of models, "
+            "per source; its median and quartiles over sources, per regime.</p>",
+            _table(tables["consistency_by_model"], 3),
+        ]
     rest = [k for k in tables if k not in shown and not k.startswith(("transfer_matrix__", "published_matrix__", "bias_free_matrix__"))]
     if rest:
         parts.append("<h2>All tables</h2>")
@@ -292,7 +337,9 @@ def build_report(
             if frame is None or frame.empty:
                 continue
             if len(frame) > LARGE_TABLE_ROWS:
-                parts.append(f"<p class='note'>{html.escape(name)}: {len(frame):,} rows, saved as {html.escape(name)}.csv with the analysis tables.</p>")
+                parts.append(
+                    f"<p class='note'>{html.escape(name)}: {len(frame):,} rows, saved as {html.escape(name)}.csv with the analysis tables.</p>"
+                )
                 continue
             parts += [f"<details><summary>{html.escape(name)}</summary>", _table(frame, 3), "</details>"]
     parts.append("</body></html>")

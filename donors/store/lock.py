@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from donors.errors import DonorsError
-
 import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
 from filelock import FileLock, Timeout
+
+from donors.errors import DonorsError
 
 
 class StudyLockedError(DonorsError, RuntimeError):

@@ -233,7 +233,16 @@ class ResultsStore:
         score = result.score
 
         def row(p: ItemPrediction) -> tuple:
-            return (state.state_id, p.target_task, p.target_language, p.item_id, p.gold, p.predicted, json.dumps(p.logprobs), p.predicted_norm)
+            return (
+                state.state_id,
+                p.target_task,
+                p.target_language,
+                p.item_id,
+                p.gold,
+                p.predicted,
+                json.dumps(p.logprobs),
+                p.predicted_norm,
+            )
 
         with self._transaction() as db:
             db.executemany(
@@ -250,16 +259,25 @@ class ResultsStore:
                 "INSERT OR REPLACE INTO scores (state_id, model, seed, source_task, source_language, target_task, target_language, n, "
                 "accuracy, accuracy_norm, predicted_counts, gold_counts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
-                    state.state_id, state.model, state.seed, state.source_task, state.source_language,
-                    score.target_task, score.target_language, score.n, score.accuracy, score.accuracy_norm,
-                    json.dumps(score.predicted_counts), json.dumps(score.gold_counts),
+                    state.state_id,
+                    state.model,
+                    state.seed,
+                    state.source_task,
+                    state.source_language,
+                    score.target_task,
+                    score.target_language,
+                    score.n,
+                    score.accuracy,
+                    score.accuracy_norm,
+                    json.dumps(score.predicted_counts),
+                    json.dumps(score.gold_counts),
                 ),
             )
             db.execute("DELETE FROM failures WHERE job_id = ?", (eval_job_id(state, Cell(score.target_task, score.target_language)),))
 
     def scored_targets(self, state_id: str) -> set[tuple[str, str]]:
         rows = self._db.execute("SELECT target_task, target_language FROM scores WHERE state_id = ?", (state_id,))
-        return {(t, l) for t, l in rows}
+        return {(task, language) for task, language in rows}
 
     def scores(self) -> pd.DataFrame:
         """One row per (model state, target): the published scores, and the option counts as lists."""
@@ -278,13 +296,15 @@ class ResultsStore:
         """
         frames = []
         for table, rotation in (("predictions", "0"), ("rotated_predictions", "p.rotation")):
-            frames.append(pd.read_sql_query(
-                "SELECT s.model, s.seed, s.source_task, s.source_language, p.target_task, p.target_language, "
-                f"p.item_id, {rotation} AS rotation, p.gold, p.predicted, p.predicted_norm, p.logprobs "
-                f"FROM {table} p JOIN scores s ON s.state_id = p.state_id "
-                "AND s.target_task = p.target_task AND s.target_language = p.target_language",
-                self._db,
-            ))
+            frames.append(
+                pd.read_sql_query(
+                    "SELECT s.model, s.seed, s.source_task, s.source_language, p.target_task, p.target_language, "
+                    f"p.item_id, {rotation} AS rotation, p.gold, p.predicted, p.predicted_norm, p.logprobs "
+                    f"FROM {table} p JOIN scores s ON s.state_id = p.state_id "
+                    "AND s.target_task = p.target_task AND s.target_language = p.target_language",
+                    self._db,
+                )
+            )
         frame = pd.concat([f for f in frames if len(f)] or frames[:1], ignore_index=True)
         frame["logprobs"] = [json.loads(v) for v in frame["logprobs"]]
         keys = ["model", "source_task", "source_language", "seed", "target_task", "target_language", "item_id", "rotation"]

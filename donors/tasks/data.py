@@ -6,13 +6,12 @@ test disjoint, and test sets parallel across languages (the same ids everywhere)
 
 from __future__ import annotations
 
-from donors.errors import DonorsError
-
 from collections import defaultdict
 from dataclasses import dataclass, field
 from itertools import zip_longest
 
 from donors.config import StudyConfig
+from donors.errors import DonorsError
 from donors.grid import Cell
 from donors.tasks.item import Item, Split, stable_digest
 from donors.tasks.registry import Task, get_task
@@ -94,7 +93,9 @@ def load_study_data(config: StudyConfig, tasks: dict[str, Task] | None = None) -
             check_split(name, language, "test", test)
             overlap = sorted({i.id for i in train} & {i.id for i in test})
             if overlap:
-                raise DataError(f"task {name!r}, language {language!r}: ids {overlap[:5]} are in both train and test; train and test must be disjoint")
+                raise DataError(
+                    f"task {name!r}, language {language!r}: ids {overlap[:5]} are in both train and test; train and test must be disjoint"
+                )
             for split, items, limit in (("train", train, config.train.max_items), ("test", test, config.eval.max_items)):
                 if chosen[split] is None and limit is not None and len(items) > limit:
                     chosen[split] = balanced_ids(items, limit)

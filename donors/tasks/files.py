@@ -36,8 +36,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
-from donors.tasks.data import DataError
 from donors.errors import describe_validation_error
+from donors.tasks.data import DataError
 from donors.tasks.item import LETTERS, SPLITS, Item, Split
 from donors.tasks.registry import register_task
 
@@ -165,12 +165,13 @@ class RowTask:
     def _read_split(self, language: str, split: Split) -> LoadedSplit:
         table = self.read_table(language, split)
         if not table.rows:
-            raise DataError(f"{table.source}: no items for task {self.name!r}, it has no rows; fill it, or drop language {language!r} from the study")
+            raise DataError(
+                f"{table.source}: no items for task {self.name!r}, it has no rows; fill it, or drop language {language!r} from the study"
+            )
         missing = [column for column in self.required_columns() if column not in table.columns]
         if missing:
             raise DataError(
-                f"{table.source}: missing column {', '.join(map(repr, missing))}; "
-                f"its columns are {list(table.columns)}. {self.column_hint}"
+                f"{table.source}: missing column {', '.join(map(repr, missing))}; its columns are {list(table.columns)}. {self.column_hint}"
             )
         items: list[Item] = []
         positions: dict[str, str] = {}
@@ -194,7 +195,9 @@ class RowTask:
         if skipped:
             self._report_skipped(table, skipped)
         if not items:
-            raise DataError(f"{table.source}: no items for task {self.name!r}, all {len(skipped)} rows were skipped as bad; fix them, or drop language {language!r} from the study")
+            raise DataError(
+                f"{table.source}: no items for task {self.name!r}, all {len(skipped)} rows were skipped as bad; fix them, or drop language {language!r} from the study"
+            )
         return LoadedSplit(table.source, items, positions, len(skipped))
 
     def _report_skipped(self, table: Table, skipped: list[str]) -> None:
@@ -301,7 +304,9 @@ class FileTaskOptions(BaseModel):
     @model_validator(mode="after")
     def _one_source_of_choices(self) -> FileTaskOptions:
         if (self.columns.choices is None) == (self.labels is None):
-            raise ValueError("give the choices one way: columns.choices (a list column, or one column per choice) or labels (a fixed label set)")
+            raise ValueError(
+                "give the choices one way: columns.choices (a list column, or one column per choice) or labels (a fixed label set)"
+            )
         if self.labels is None and self.answer_type is None:
             raise ValueError("set answer_type: letter (A, B, ...), index (0-based) or label (the correct choice's text)")
         if self.label_names and self.labels is None:
@@ -404,17 +409,25 @@ class FileTask(RowTask):
     def _format_from_suffix(self) -> FileFormat:
         suffix = Path(self.path_pattern).suffix.lower()
         if suffix not in FORMAT_OF_SUFFIX:
-            raise DataError(f"task {self.name!r}: cannot tell the format of {self.path_pattern!r} from {suffix or 'no suffix'!r}; set format: jsonl, csv, tsv or parquet")
+            raise DataError(
+                f"task {self.name!r}: cannot tell the format of {self.path_pattern!r} from {suffix or 'no suffix'!r}; set format: jsonl, csv, tsv or parquet"
+            )
         return FORMAT_OF_SUFFIX[suffix]  # type: ignore[return-value]
 
     def _check_path_pattern(self) -> None:
         fields = set(_fields(self.path_pattern))
         if unknown := fields - {"language", "split"}:
-            raise DataError(f"task {self.name!r}: path {self.path_pattern!r} has unknown placeholders {sorted(unknown)}; use {{language}} and {{split}}")
+            raise DataError(
+                f"task {self.name!r}: path {self.path_pattern!r} has unknown placeholders {sorted(unknown)}; use {{language}} and {{split}}"
+            )
         if "split" not in fields:
-            raise DataError(f"task {self.name!r}: path {self.path_pattern!r} needs a {{split}} placeholder: train and test are separate files")
+            raise DataError(
+                f"task {self.name!r}: path {self.path_pattern!r} needs a {{split}} placeholder: train and test are separate files"
+            )
         if "language" not in fields and len(self.languages) > 1:
-            raise DataError(f"task {self.name!r}: path {self.path_pattern!r} needs a {{language}} placeholder: each language is a separate file")
+            raise DataError(
+                f"task {self.name!r}: path {self.path_pattern!r} needs a {{language}} placeholder: each language is a separate file"
+            )
 
     def _check_labels(self) -> None:
         if self.labels is None:
@@ -423,11 +436,17 @@ class FileTask(RowTask):
             raise DataError(f"task {self.name!r}: labels {list(self.labels)} must be 2 to {len(LETTERS)} distinct labels")
         for language, names in self.options.label_names.items():
             if language not in self.languages:
-                raise DataError(f"task {self.name!r}: label_names has language {language!r}, which the task does not have ({', '.join(self.languages)})")
+                raise DataError(
+                    f"task {self.name!r}: label_names has language {language!r}, which the task does not have ({', '.join(self.languages)})"
+                )
             if missing := [label for label in self.labels if not text(names.get(label))]:
-                raise DataError(f"task {self.name!r}: label_names.{language} lacks a name for {missing}; name every label, or drop the language to show the labels as they are")
+                raise DataError(
+                    f"task {self.name!r}: label_names.{language} lacks a name for {missing}; name every label, or drop the language to show the labels as they are"
+                )
             if len({text(names[label]) for label in self.labels}) != len(self.labels):
-                raise DataError(f"task {self.name!r}: label_names.{language} gives two labels the same name; the choices must read differently")
+                raise DataError(
+                    f"task {self.name!r}: label_names.{language} gives two labels the same name; the choices must read differently"
+                )
 
     def path_of(self, language: str, split: Split) -> Path:
         code = self.options.language_codes.get(language, language)

@@ -38,7 +38,9 @@ class Item:
         if not 2 <= len(self.choices) <= len(LETTERS):
             raise ValueError(f"item {self.id!r} ({self.task}/{self.language}): needs 2-{len(LETTERS)} choices, has {len(self.choices)}")
         if not 0 <= self.answer_index < len(self.choices):
-            raise ValueError(f"item {self.id!r} ({self.task}/{self.language}): answer_index {self.answer_index} outside its {len(self.choices)} choices")
+            raise ValueError(
+                f"item {self.id!r} ({self.task}/{self.language}): answer_index {self.answer_index} outside its {len(self.choices)} choices"
+            )
 
     @property
     def answer_letter(self) -> str:

@@ -144,23 +144,52 @@ def parse_truthfulqa(row: Mapping[str, Any]) -> Parsed:
 
 # ARC is a short question and four short options.
 ARC_CHALLENGE = Benchmark(
-    "arc_challenge", "Dr4kl3s/arc_challenge_core_grid_seed42", "id", ("instruction", *OPTION_COLUMNS, "answer"), parse_arc,
-    train_items=300, test_items=400, train_chars=300, test_chars=300,
+    "arc_challenge",
+    "Dr4kl3s/arc_challenge_core_grid_seed42",
+    "id",
+    ("instruction", *OPTION_COLUMNS, "answer"),
+    parse_arc,
+    train_items=300,
+    test_items=400,
+    train_chars=300,
+    test_chars=300,
 )
 # Global-MMLU's questions run longer; its train split is the dev split.
 GLOBAL_MMLU = Benchmark(
-    "global_mmlu", "Dr4kl3s/global_mmlu_lite_core_grid_seed42", "sample_id", ("question", *OPTION_COLUMNS, "answer"), parse_global_mmlu,
-    train_items=215, test_items=400, train_chars=500, test_chars=500,
+    "global_mmlu",
+    "Dr4kl3s/global_mmlu_lite_core_grid_seed42",
+    "sample_id",
+    ("question", *OPTION_COLUMNS, "answer"),
+    parse_global_mmlu,
+    train_items=215,
+    test_items=400,
+    train_chars=500,
+    test_chars=500,
 )
 # HellaSwag has a context and four sentence-long endings.
 HELLASWAG = Benchmark(
-    "hellaswag", "Dr4kl3s/hellaswag_coregrid_seed42", "id", ("activity_label", "ctx_a", "ctx_b", "endings", "label"), parse_hellaswag,
-    train_items=300, test_items=400, train_chars=750, test_chars=750,
+    "hellaswag",
+    "Dr4kl3s/hellaswag_coregrid_seed42",
+    "id",
+    ("activity_label", "ctx_a", "ctx_b", "endings", "label"),
+    parse_hellaswag,
+    train_items=300,
+    test_items=400,
+    train_chars=750,
+    test_chars=750,
 )
 # TruthfulQA trains on "Question: ...\nAnswer: ..." but is scored over all of its MC1 choices.
 TRUTHFULQA = Benchmark(
-    "truthfulqa", "Dr4kl3s/truthfulqa_coregrid_seed42", "truth_id", ("question", "mc1_targets_choices", "mc1_targets_labels"), parse_truthfulqa,
-    train_items=300, test_items=400, train_chars=120, test_chars=350, trains_on_text=True,
+    "truthfulqa",
+    "Dr4kl3s/truthfulqa_coregrid_seed42",
+    "truth_id",
+    ("question", "mc1_targets_choices", "mc1_targets_labels"),
+    parse_truthfulqa,
+    train_items=300,
+    test_items=400,
+    train_chars=120,
+    test_chars=350,
+    trains_on_text=True,
 )
 BENCHMARKS = {benchmark.name: benchmark for benchmark in (ARC_CHALLENGE, GLOBAL_MMLU, HELLASWAG, TRUTHFULQA)}
 
@@ -212,7 +241,9 @@ class PublishedTask(RowTask):
         try:
             dataset = self._open(language, split)
         except (OSError, ValueError) as error:
-            raise DataError(f"{source}: cannot load it ({error}); check the dataset id and revision, that the hub is reachable or the dataset cached, and any local paths") from None
+            raise DataError(
+                f"{source}: cannot load it ({error}); check the dataset id and revision, that the hub is reachable or the dataset cached, and any local paths"
+            ) from None
         rows = [Row(values, f"row {number}") for number, values in enumerate(dataset, start=1)]
         return Table(source, tuple(dataset.column_names), rows)
 

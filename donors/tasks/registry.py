@@ -6,10 +6,9 @@ options written under that task in the study config (a local task's paths, say).
 
 from __future__ import annotations
 
-from donors.errors import DonorsError
-
 from typing import Any, Callable, Protocol, runtime_checkable
 
+from donors.errors import DonorsError
 from donors.tasks.item import Item, Split
 
 
@@ -48,7 +47,7 @@ def register_task(name: str) -> Callable[[TaskFactory], TaskFactory]:
 def _load_builtin_tasks() -> None:
     # Importing the packs runs their @register_task decorators.
     import donors.tasks.embedded  # noqa: F401
-    import donors.tasks.files, donors.tasks.published  # noqa: E401, F401
+    import donors.tasks.files  # noqa: E401, F401
 
 
 def task_names() -> list[str]:
@@ -67,7 +66,5 @@ def get_task(name: str, **options: Any) -> Task:
     try:
         factory = _REGISTRY[source or name]
     except KeyError:
-        raise UnknownTaskError(
-            f"unknown task {source or name!r}; registered tasks: {', '.join(sorted(_REGISTRY))}"
-        ) from None
+        raise UnknownTaskError(f"unknown task {source or name!r}; registered tasks: {', '.join(sorted(_REGISTRY))}") from None
     return factory(name=name, **options) if source else factory(**options)

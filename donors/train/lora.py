@@ -9,8 +9,6 @@ carry loss, never over the full sequence.
 
 from __future__ import annotations
 
-from donors.errors import DonorsError
-
 import json
 import logging
 import math
@@ -30,13 +28,15 @@ from peft.tuners.lora.layer import Linear as PeftLoraLinear
 from transformers import get_linear_schedule_with_warmup
 
 from donors.config import LoraConfig, TrainConfig
-from donors.tasks.item import Item
+from donors.errors import DonorsError
 from donors.models import causal_lm_parts
+from donors.tasks.item import Item
 from donors.tasks.prompts import EncodedExample, PromptFormat, encode_example, training_text
 from donors.train.loss import linear_cross_entropy
 from donors.train.rms_norm import frozen_rms_norms
 
 logger = logging.getLogger(__name__)
+
 
 class TrainingError(DonorsError, RuntimeError):
     """A run that cannot finish (a non-finite loss, say); the study records it and goes on."""
@@ -81,10 +81,17 @@ class FusedLoraLinear(PeftLoraLinear):
         base = self.base_layer
         name = self.active_adapters[0] if len(self.active_adapters) == 1 else None
         if (
-            args or kwargs or name is None or self.disable_adapters or self.merged or type(base) is not torch.nn.Linear
-            or name not in self.lora_A or name in self.lora_variant
+            args
+            or kwargs
+            or name is None
+            or self.disable_adapters
+            or self.merged
+            or type(base) is not torch.nn.Linear
+            or name not in self.lora_A
+            or name in self.lora_variant
             or not isinstance(self.lora_dropout[name], torch.nn.Identity)
-            or self.lora_A[name].weight.dtype != base.weight.dtype or x.dtype != base.weight.dtype
+            or self.lora_A[name].weight.dtype != base.weight.dtype
+            or x.dtype != base.weight.dtype
         ):
             return super().forward(x, *args, **kwargs)
         flat = x.reshape(-1, x.shape[-1])
@@ -196,8 +203,9 @@ def validation_loss(model, examples: Sequence[EncodedExample], pad_id: int, batc
     return total / max(count, 1)
 
 
-def _fit(peft_model, train_examples, validation_examples, pad_id: int, train: TrainConfig, seed: int,
-         on_step: Callable[[int, int], None] | None) -> tuple[list[float], int | None, int, int]:
+def _fit(
+    peft_model, train_examples, validation_examples, pad_id: int, train: TrainConfig, seed: int, on_step: Callable[[int, int], None] | None
+) -> tuple[list[float], int | None, int, int]:
     """The optimisation itself; leaves the best epoch's adapter in ``peft_model``.
 
     Returns the validation losses, the best epoch, the optimiser steps taken and the micro-batch
@@ -274,7 +282,10 @@ def train_lora(
         raise TrainingError("no training items")
 
     def encode(batch: Sequence[Item]) -> list[EncodedExample]:
-        texts = (training_text(i, tokenizer, prompt_format=prompt_format, chat_template=train.chat_template, model_name=model_name) for i in batch)
+        texts = (
+            training_text(i, tokenizer, prompt_format=prompt_format, chat_template=train.chat_template, model_name=model_name)
+            for i in batch
+        )
         return [encode_example(prompt, target, tokenizer, train.max_length) for prompt, target in texts]
 
     train_examples, validation_examples = encode(train_items), encode(validation_items)

@@ -30,8 +30,6 @@ NameFunction = Callable[[str, str], str | None]
 """``(code, language) -> name``, or None when that language has no proper name for it."""
 
 
-
-
 def stable_order(codes: Iterable[str], salt: str) -> list[str]:
     """``codes`` in a pseudo-random order that depends only on the codes and ``salt``."""
     return sorted(set(codes), key=lambda code: (stable_digest(f"{salt}|{code}"), code))
