@@ -19,6 +19,7 @@ from rich.console import Console
 
 from donors import plan as planning
 from donors.config import ConfigError, StudyConfig, load_config
+from donors.errors import InputNotFound
 from donors.jobs import eval_jobs, train_jobs
 from donors.plan import StudyPlan
 from donors.store import STORE_NAME, ResultsStore, store_path
@@ -212,7 +213,7 @@ def _read_store(study_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The study's per-target scores and per-item predictions, read once."""
     path = store_path(study_dir)
     if not path.exists():
-        raise FileNotFoundError(f"{study_dir}: no {STORE_NAME} here; run the study first")
+        raise InputNotFound(f"{study_dir}: no {STORE_NAME} here; run the study first, or point at its output_dir")
     with ResultsStore(path) as store:
         return store.scores(), store.item_predictions()
 

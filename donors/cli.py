@@ -41,7 +41,7 @@ def _handled(call):
     """Run ``call``; an error the user can fix is printed with its fix, and the command exits 2."""
     try:
         return call()
-    except (DonorsError, FileNotFoundError) as error:
+    except DonorsError as error:
         _fail(error)
 
 

@@ -11,6 +11,10 @@ class DonorsError(Exception):
     """A study, a table or an input that cannot be used as it is; the message says how to fix it."""
 
 
+class InputNotFound(DonorsError, FileNotFoundError):
+    """A study directory, store or results table that is not where the user pointed."""
+
+
 def describe_validation_error(error, heading: str, *, noun: str = "field", reference: str = "") -> str:
     """A pydantic ``ValidationError`` as ``heading`` and one line per problem: where, what is wrong, the value given.
 

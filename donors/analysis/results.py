@@ -39,7 +39,7 @@ from donors.analysis.constants import (
     TARGET_TASK,
     N,
 )
-from donors.errors import DonorsError
+from donors.errors import DonorsError, InputNotFound
 from donors.grid import regime_labels
 
 
@@ -164,7 +164,7 @@ def load_results_table(
         path = Path(path_or_df)
         origin = str(path)
         if not path.is_file():
-            raise FileNotFoundError(f"results table {origin} does not exist")
+            raise InputNotFound(f"results table {origin} does not exist; give a study directory or a results CSV in the published schema")
         text_columns = (MODEL, SOURCE_TASK, SOURCE_LANGUAGE, TARGET_TASK, TARGET_LANGUAGE, REGIME)
         frame = pd.read_csv(path, dtype={c: str for c in text_columns})
         # pandas decides which columns are numeric; their values come from the text again,

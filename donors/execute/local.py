@@ -13,12 +13,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from donors.config import StudyConfig
-from donors.execute.pending import pending_eval_work, pending_train_jobs
+from donors.execute.pending import collapsed_base_warning, pending_eval_work, pending_train_jobs
 from donors.execute.work import describe, evaluate_states, train_adapter
 from donors.grid import Cell
 from donors.jobs import EvalJob, model_states
 from donors.models import load_model
-from donors.records import COLLAPSE_SHARE, top_share
 from donors.store import ResultsStore
 from donors.tasks.data import StudyData
 
@@ -110,17 +109,9 @@ class LocalExecutor:
 
     def warn_if_collapsed(self, model: str) -> None:
         """Say, before any training, that the base model answers by position on some targets."""
-        scores = self.store.scores()
-        base = scores[(scores["model"] == model) & scores["source_task"].isna()]
-        collapsed = [f"{r.target_task}/{r.target_language}" for r in base.itertuples() if top_share(r.predicted_counts) >= COLLAPSE_SHARE]
-        if collapsed:
-            remedy = "eval.prompt_format: continuation" if self.config.eval.prompt_format == "lettered" else "another model or prompt"
-            self.console.print(
-                f"[yellow]warning:[/yellow] the base model {model} answers one option for >= {COLLAPSE_SHARE:.0%} of the items on "
-                f"{len(collapsed)} of {len(base)} targets ({', '.join(collapsed[:6])}{', ...' if len(collapsed) > 6 else ''}): "
-                f"its scores measure a preferred position, and its adapters may learn one. Remedy: {remedy} "
-                "(the option texts scored after the question; `donors plan CONFIG --probe 32` compares the formats)."
-            )
+        warning = collapsed_base_warning(self.config, self.store, model)
+        if warning:
+            self.console.print(f"[yellow]warning:[/yellow] {warning}")
 
     def run(self) -> None:
         for model in self.config.models:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from donors.config import StudyConfig
 from donors.grid import Cell
 from donors.jobs import TrainJob, cells, train_jobs
-from donors.records import ModelState
+from donors.records import COLLAPSE_SHARE, ModelState, top_share
 from donors.store import ResultsStore
 
 EvalWork = list[tuple[ModelState, str | None, list[Cell]]]
@@ -35,3 +35,23 @@ def pending_eval_work(config: StudyConfig, store: ResultsStore, states: list[Mod
         if record is not None:
             work.append((state, str(config.adapter_storage / record.path), todo))
     return work
+
+
+def collapsed_base_warning(config: StudyConfig, store: ResultsStore, model: str) -> str | None:
+    """A warning when ``model``'s stored base scores answer one option for most items of some targets.
+
+    Its adapters would then learn a position, and its scores measure one; the remedy names
+    the continuation format (or another model, if that is the format already).
+    """
+    scores = store.scores()
+    base = scores[(scores["model"] == model) & scores["source_task"].isna()]
+    collapsed = [f"{r.target_task}/{r.target_language}" for r in base.itertuples() if top_share(r.predicted_counts) >= COLLAPSE_SHARE]
+    if not collapsed:
+        return None
+    remedy = "eval.prompt_format: continuation" if config.eval.prompt_format == "lettered" else "another model or prompt"
+    listed = ", ".join(collapsed[:6]) + (", ..." if len(collapsed) > 6 else "")
+    return (
+        f"the base model {model} answers one option for >= {COLLAPSE_SHARE:.0%} of the items on {len(collapsed)} of "
+        f"{len(base)} targets ({listed}): its scores measure a preferred position, and its adapters may learn one. "
+        f"Remedy: {remedy} (the option texts scored after the question; `donors plan CONFIG --probe 32` compares the formats)."
+    )

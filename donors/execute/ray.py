@@ -17,7 +17,7 @@ from pathlib import Path
 from rich.console import Console
 
 from donors.config import StudyConfig
-from donors.execute.pending import pending_eval_work, pending_train_jobs
+from donors.execute.pending import collapsed_base_warning, pending_eval_work, pending_train_jobs
 from donors.execute.work import describe, evaluate_states, train_adapter
 from donors.grid import Cell
 from donors.jobs import EvalJob, TrainJob, model_states, train_jobs
@@ -139,6 +139,10 @@ class RayExecutor:
                 results, failures = result
                 for state, target_result in results:
                     self.store.add_target_result(state, target_result)
+                if any(state.is_base for state, _ in results):
+                    warning = collapsed_base_warning(self.config, self.store, what[0])
+                    if warning:
+                        self.console.print(f"[yellow]warning:[/yellow] {warning}")
                 for state, target, error in failures:
                     self.store.record_failure(EvalJob(state, target).job_id, "eval", error)
                 self.console.print(f"  scored {len(results)} pair(s) of {what[0]} seed {what[1]}")

@@ -229,76 +229,8 @@ def _summary(tables: dict[str, pd.DataFrame]) -> list[str]:
     return lines
 
 
-def build_report(
-    tables: dict[str, pd.DataFrame],
-    *,
-    settings: dict | None = None,
-    title: str = "Transfer study",
-    figures_dir: Path | None = None,
-    metric: str = "delta_score_norm (the published score)",
-    published_metric: str = "published",
-    bias_free_metric: str = "bias-free",
-) -> str:
-    """The report page, in outline: validity, summary, settings, regimes, matrices, roles, item-level
-    significance, the remaining tables. With ``figures_dir`` each figure is also written there as a PNG."""
-
-    def figure_path(name: str) -> Path | None:
-        return figures_dir / f"{name}.png" if figures_dir is not None else None
-
-    parts = [
-        "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
-        f"<title>{html.escape(title)} — donors report</title><style>{STYLE}</style></head><body>",
-        f"<h1>{html.escape(title)}</h1>",
-        f"<p class='note'>Transfer = 100 × (fine-tuned score − base score), in percentage points (pp), under the metric "
-        f"{html.escape(metric)}. Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC by donors.</p>",
-        *_validity_sections(tables, figure_path, published_metric, bias_free_metric),
-        *_section("Summary", "<ul>", *[f"<li>{html.escape(line)}</li>" for line in _summary(tables)], "</ul>"),
-        *_skipped_sections(tables),
-    ]
-    if settings:
-        grid = {k: settings.get(k) for k in ("models", "languages", "seeds")}
-        grid["tasks"] = [t["name"] if isinstance(t, dict) else t for t in settings.get("tasks", [])]
-        parts += ["<h2>Grid and settings</h2>", f"<pre>{html.escape(json.dumps(grid, indent=1))}</pre>"]
-        recipe = {k: settings.get(k) for k in ("lora", "train", "eval")}
-        parts += [
-            "<details><summary>LoRA, training and evaluation settings</summary>",
-            f"<pre>{html.escape(json.dumps(recipe, indent=1))}</pre></details>",
-        ]
-    by_model = tables.get("regime_summary_by_model")
-    if by_model is not None and not by_model.empty:
-        parts += [
-            "<h2>Regimes per model</h2>",
-            "<p class='note'>Each model on its own, before the pooled table: pooling pairs across models can reverse "
-            "a comparison that holds within every model. MT-ML is the trained cell itself and is kept out of the transfer regimes.</p>",
-            _table(by_model),
-        ]
-    if "regime_summary" in tables:
-        parts += [
-            "<h2>Regimes (pooled over models)</h2>",
-            "<p class='note'>MT-ML is the trained cell itself and is kept out of the transfer regimes.</p>",
-            _table(tables["regime_summary"]),
-        ]
-    for name, matrix in tables.items():
-        if name.startswith("transfer_matrix__") and not matrix.empty:
-            model = name.split("__", 1)[1]
-            parts += [
-                f"<h2>Transfer matrix: {html.escape(model)}</h2>",
-                _png(transfer_heatmap(matrix, title=f"{model}: transfer (pp)"), figure_path(name)),
-            ]
-    for name, key, what, regime in (
-        ("language_donor_recipient", "lang", "Languages", "MT-CL"),
-        ("task_donor_recipient", "dataset", "Tasks", "CT-ML"),
-    ):
-        roles = tables.get(name)
-        if roles is not None and not roles.empty:
-            parts += [
-                f"<h2>{what} as donors and recipients ({regime})</h2>",
-                "<p class='note'>Donor: mean transfer a source gives; recipient: mean transfer a target receives (two-stage means, each model weighs equally).</p>",
-                _png(donor_recipient_figure(roles, key=key, title=f"{what}: donor vs recipient ({regime})"), figure_path(name)),
-                _table(roles),
-            ]
-    parts += _significance_sections(tables, figure_path)
-    shown = {
+SHOWN_TABLES = frozenset(
+    {
         "regime_summary",
         "regime_summary_by_model",
         "language_donor_recipient",
@@ -312,35 +244,144 @@ def build_report(
         "collapse_summary",
         "option_diagnostics",
         "skipped_analyses",
+        "variance_decomposition_all",
+        "consistency_by_model",
     }
+)
+"""Tables the report's sections show; every other table is listed at the end."""
+MATRIX_PREFIXES = ("transfer_matrix__", "published_matrix__", "bias_free_matrix__")
+
+
+def _settings_sections(settings: dict | None) -> list[str]:
+    if not settings:
+        return []
+    grid = {k: settings.get(k) for k in ("models", "languages", "seeds")}
+    grid["tasks"] = [t["name"] if isinstance(t, dict) else t for t in settings.get("tasks", [])]
+    recipe = {k: settings.get(k) for k in ("lora", "train", "eval")}
+    return _section(
+        "Grid and settings",
+        f"<pre>{html.escape(json.dumps(grid, indent=1))}</pre>",
+        "<details><summary>LoRA, training and evaluation settings</summary>",
+        f"<pre>{html.escape(json.dumps(recipe, indent=1))}</pre></details>",
+    )
+
+
+def _regime_sections(tables: dict[str, pd.DataFrame]) -> list[str]:
+    parts = []
+    by_model = tables.get("regime_summary_by_model")
+    if by_model is not None and not by_model.empty:
+        parts += _section(
+            "Regimes per model",
+            _table(by_model),
+            note="Each model on its own, before the pooled table: pooling pairs across models can reverse a comparison that "
+            "holds within every model. MT-ML is the trained cell itself and is kept out of the transfer regimes.",
+        )
+    if "regime_summary" in tables:
+        parts += _section(
+            "Regimes (pooled over models)",
+            _table(tables["regime_summary"]),
+            note="MT-ML is the trained cell itself and is kept out of the transfer regimes.",
+        )
+    return parts
+
+
+def _matrix_sections(tables: dict[str, pd.DataFrame], figure_path) -> list[str]:
+    parts = []
+    for name, matrix in tables.items():
+        if name.startswith("transfer_matrix__") and not matrix.empty:
+            model = name.split("__", 1)[1]
+            parts += _section(
+                f"Transfer matrix: {model}", _png(transfer_heatmap(matrix, title=f"{model}: transfer (pp)"), figure_path(name))
+            )
+    return parts
+
+
+def _role_sections(tables: dict[str, pd.DataFrame], figure_path) -> list[str]:
+    parts = []
+    for name, key, what, regime in (
+        ("language_donor_recipient", "lang", "Languages", "MT-CL"),
+        ("task_donor_recipient", "dataset", "Tasks", "CT-ML"),
+    ):
+        roles = tables.get(name)
+        if roles is not None and not roles.empty:
+            figure = donor_recipient_figure(roles, key=key, title=f"{what}: donor vs recipient ({regime})")
+            parts += _section(
+                f"{what} as donors and recipients ({regime})",
+                _png(figure, figure_path(name)),
+                _table(roles),
+                note="Donor: mean transfer a source gives; recipient: mean transfer a target receives "
+                "(two-stage means, each model weighs equally).",
+            )
+    return parts
+
+
+def _spread_sections(tables: dict[str, pd.DataFrame]) -> list[str]:
+    """Where the variance of transfer lies, and how alike the models are."""
+    parts = []
     if _has_values(tables.get("variance_decomposition_all")):
-        shown.add("variance_decomposition_all")
-        parts += [
-            "<h2>Variance shares</h2>",
-            "<p class='note'>Share (%) of the variance of transfer due to the model, the source and the target "
-            "(mixed model, sources and targets nested in models), over all transfer pairs and per regime.</p>",
+        parts += _section(
+            "Variance shares",
             _table(tables["variance_decomposition_all"]),
-        ]
+            note="Share (%) of the variance of transfer due to the model, the source and the target (mixed model, sources and "
+            "targets nested in models), over all transfer pairs and per regime.",
+        )
     if _has_values(tables.get("consistency_by_model")):
-        shown.add("consistency_by_model")
-        parts += [
-            "<h2>Consistency across models</h2>",
-            "<p class='note'>How alike models rank the recipients of a source: the mean Kendall τ-b over pairs of models, "
-            "per source; its median and quartiles over sources, per regime.</p>",
+        parts += _section(
+            "Consistency across models",
             _table(tables["consistency_by_model"], 3),
-        ]
-    rest = [k for k in tables if k not in shown and not k.startswith(("transfer_matrix__", "published_matrix__", "bias_free_matrix__"))]
-    if rest:
-        parts.append("<h2>All tables</h2>")
-        for name in rest:
-            frame = tables[name]
-            if frame is None or frame.empty:
-                continue
-            if len(frame) > LARGE_TABLE_ROWS:
-                parts.append(
-                    f"<p class='note'>{html.escape(name)}: {len(frame):,} rows, saved as {html.escape(name)}.csv with the analysis tables.</p>"
-                )
-                continue
+            note="How alike models rank the recipients of a source: the mean Kendall τ-b over pairs of models, per source; "
+            "its median and quartiles over sources, per regime.",
+        )
+    return parts
+
+
+def _remaining_tables(tables: dict[str, pd.DataFrame]) -> list[str]:
+    rest = [k for k, v in tables.items() if k not in SHOWN_TABLES and not k.startswith(MATRIX_PREFIXES) and v is not None and not v.empty]
+    if not rest:
+        return []
+    parts = ["<h2>All tables</h2>"]
+    for name in rest:
+        frame = tables[name]
+        if len(frame) > LARGE_TABLE_ROWS:
+            parts.append(
+                f"<p class='note'>{html.escape(name)}: {len(frame):,} rows, saved as {html.escape(name)}.csv with the analysis tables.</p>"
+            )
+        else:
             parts += [f"<details><summary>{html.escape(name)}</summary>", _table(frame, 3), "</details>"]
-    parts.append("</body></html>")
+    return parts
+
+
+def build_report(
+    tables: dict[str, pd.DataFrame],
+    *,
+    settings: dict | None = None,
+    title: str = "Transfer study",
+    figures_dir: Path | None = None,
+    metric: str = "delta_score_norm (the published score)",
+    published_metric: str = "published",
+    bias_free_metric: str = "bias-free",
+) -> str:
+    """The report page; with ``figures_dir`` each figure is also written there as a PNG."""
+
+    def figure_path(name: str) -> Path | None:
+        return figures_dir / f"{name}.png" if figures_dir is not None else None
+
+    parts = [
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
+        f"<title>{html.escape(title)} — donors report</title><style>{STYLE}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+        f"<p class='note'>Transfer = 100 × (fine-tuned score − base score), in percentage points (pp), under the metric "
+        f"{html.escape(metric)}. Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC by donors.</p>",
+        *_validity_sections(tables, figure_path, published_metric, bias_free_metric),
+        *_section("Summary", "<ul>", *[f"<li>{html.escape(line)}</li>" for line in _summary(tables)], "</ul>"),
+        *_skipped_sections(tables),
+        *_settings_sections(settings),
+        *_regime_sections(tables),
+        *_matrix_sections(tables, figure_path),
+        *_role_sections(tables, figure_path),
+        *_significance_sections(tables, figure_path),
+        *_spread_sections(tables),
+        *_remaining_tables(tables),
+        "</body></html>",
+    ]
     return "\n".join(parts)
