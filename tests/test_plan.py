@@ -120,15 +120,15 @@ def test_throughput_options_scale_the_hours(offline):
 def test_demo_plan_counts_from_its_embedded_data():
     p = plan(load_config(DEMO))
     (m,) = p.models
-    assert (m.train_jobs, m.model_states, m.eval_jobs) == (9, 10, 90)
+    assert (m.train_jobs, m.model_states, m.eval_jobs) == (6, 7, 42)
     assert (m.params_billions, m.params_from) == (0.135, "name")
     assert not p.estimated
     for t in p.tasks:
-        # max_items caps the items: 48 train and 20 test per language, 3 languages.
-        assert (t.train_items, t.test_items, t.note) == (144, 60, "from the data")
+        # max_items caps the items: 96 train and 32 test per language, 3 languages.
+        assert (t.train_items, t.test_items, t.note) == (288, 96, "from the data")
         assert 0 < t.train_tokens / t.train_items < 256
     assert m.train_tokens == pytest.approx(sum(t.train_tokens for t in p.tasks) * 2)  # 2 epochs, 1 seed
-    assert m.eval_tokens == pytest.approx(sum(t.test_tokens for t in p.tasks) * 10)
+    assert m.eval_tokens == pytest.approx(sum(t.test_tokens for t in p.tasks) * 7)
 
 
 def test_unreadable_local_copy_of_a_benchmark_falls_back_with_the_reason(tmp_path, offline):
