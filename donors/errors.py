@@ -11,6 +11,10 @@ class DonorsError(Exception):
     """A study, a table or an input that cannot be used as it is; the message says how to fix it."""
 
 
+class InsufficientData(DonorsError, ValueError):
+    """An analysis has too little data to give a result; its message is the reason shown in ``skipped_analyses``."""
+
+
 class InputNotFound(DonorsError, FileNotFoundError):
     """A study directory, store or results table that is not where the user pointed."""
 

@@ -75,8 +75,9 @@ from donors.analysis.results import (
     transfer_statistics,
     with_regime,
 )
-from donors.analysis.typology import InsufficientData, linguistic_correlations
+from donors.analysis.typology import linguistic_correlations
 from donors.analysis.variance import variance_decomposition
+from donors.errors import InsufficientData
 from donors.grid import STUDY_LANGUAGES
 
 PARETO_X = "MT-CL gain (Δ pp)"

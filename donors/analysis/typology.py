@@ -34,6 +34,7 @@ from donors.analysis.constants import (
     TYPOLOGY_FEATURE_SETS,
 )
 from donors.analysis.results import same_language, same_task, transfer_set
+from donors.errors import InsufficientData
 
 CORRELATION_COLUMNS = ["Metric", "Spearman (Rank)", "p-value", "Pearson (Linear)", "N"]
 MIN_LANGUAGE_PAIRS = 3  # fewer, and a rank correlation says nothing
@@ -49,10 +50,6 @@ def _resource_shim() -> types.ModuleType:
 
     shim.resource_filename = resource_filename
     return shim
-
-
-class InsufficientData(ValueError):
-    """An analysis has too little data to give a result: the reason, for ``skipped_analyses``."""
 
 
 class Lang2vecShadowed(ImportError):

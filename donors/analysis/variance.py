@@ -32,6 +32,7 @@ from donors.analysis.constants import (
     VARIANCE_SEPARATOR,
 )
 from donors.analysis.results import derive_regime, transfer_set
+from donors.errors import InsufficientData
 
 MIXED_MODEL = {
     "formula": "delta ~ 1",
@@ -124,6 +125,11 @@ def variance_decomposition(df: pd.DataFrame, *, min_rows: int = VARIANCE_MIN_ROW
     rows = rows[pd.to_numeric(rows[DELTA], errors="coerce").notna()]
     regime = derive_regime(rows)
     columns = {OVERALL: variance_shares(variance_components(rows, use_sparse=use_sparse))}
+    if columns[OVERALL].isna().all():
+        raise InsufficientData(
+            f"the mixed model (model, and source and target nested in model) could not be fitted on {len(rows)} transfer "
+            "pairs, or left no variance to share; it needs more sources, targets and models"
+        )
     for name in TRANSFER_REGIMES:
         subset = rows[regime == name]
         if len(subset) >= min_rows:
