@@ -47,11 +47,8 @@ METRICS: dict[str, str] = {
     "acc_perm": "accuracy averaged over every cyclic rotation of the options",
     "acc_perm_strict": "share of items answered right under every rotation of the options",
 }
-PUBLISHED_METRICS = ("acc", "acc_norm")
 BIAS_FREE_METRIC = "acc_debiased"
 """The bias-free metric the report and the validity check set beside the published one."""
-BINARY_METRICS = frozenset({"acc", "acc_norm", "acc_perm_strict"})
-"""Metrics whose per-item score is 0 or 1 (paired tests can be exact)."""
 TIE_TOLERANCE = 1e-9
 """Scores this close count as a tie (float noise of the prior division)."""
 
@@ -210,10 +207,3 @@ def target_scores(scores: pd.DataFrame, predictions: pd.DataFrame, metric: str) 
         out["accuracy"] = out["accuracy_norm"] = out.pop("value")
     out["metric"] = metric
     return out
-
-
-def chance_level(predictions: pd.DataFrame) -> pd.DataFrame:
-    """Per (model state, target): the score a blind guess expects, the mean of 1/k over its items."""
-    first = _first_pass(predictions)
-    chance = first.assign(chance=1.0 / first["logprobs"].map(len))
-    return chance.groupby(STATE_TARGET_KEYS, dropna=False)["chance"].mean().reset_index()

@@ -184,10 +184,6 @@ def validity_findings(
     return lines
 
 
-def warnings_of(findings: list[str]) -> list[str]:
-    return [line for line in findings if line.startswith("WARNING:")]
-
-
 __all__ = [
     "COLLAPSE_SHARE",
     "collapse_summary",
@@ -197,5 +193,4 @@ __all__ = [
     "pooled_regime_intervals",
     "regime_means",
     "validity_findings",
-    "warnings_of",
 ]
