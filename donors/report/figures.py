@@ -23,7 +23,7 @@ from donors.analysis.published import PARETO_X, PARETO_Y
 FAMILY_MARKERS = {"Llama": "o", "Qwen": "s", "Gemma": "^", OTHER_FAMILY: "D"}
 SIZE_AREAS = {"S": 30.0, "M": 70.0, "L": 130.0}
 UNKNOWN_SIZE_AREA = 50.0
-DATASET_COLORMAP = "tab10"
+TASK_COLORMAP = "tab10"
 DIVERGING_COLORMAP = "RdBu"
 LANGUAGE_COLORMAP = "plasma"
 MAX_ANNOTATED_CELLS = 400
@@ -36,9 +36,9 @@ def _figure(width: float, height: float) -> Figure:
     return figure
 
 
-def _dataset_colors(datasets) -> dict[str, tuple]:
-    colormap = colormaps[DATASET_COLORMAP]
-    return {name: colormap(i % colormap.N) for i, name in enumerate(sorted(set(datasets)))}
+def _task_colors(tasks) -> dict[str, tuple]:
+    colormap = colormaps[TASK_COLORMAP]
+    return {name: colormap(i % colormap.N) for i, name in enumerate(sorted(set(tasks)))}
 
 
 def _family_order(families) -> list[str]:
@@ -164,16 +164,16 @@ def donor_recipient_figure(roles: pd.DataFrame, key: str, title: str) -> Figure:
 
 
 def pareto_on_off_figure(profiles: pd.DataFrame) -> Figure:
-    """A6: each fine-tuning run's MT-CL gain against its off-task effect; colour dataset, marker family, size S/M/L."""
+    """A6: each fine-tuning run's MT-CL gain against its off-task effect; colour source task, marker family, size S/M/L."""
     figure = _figure(7.5, 6.0)
     ax = figure.subplots()
-    colors = _dataset_colors(profiles[SOURCE_TASK])
-    for (dataset, family), group in profiles.groupby([SOURCE_TASK, "family"], dropna=False):
+    colors = _task_colors(profiles[SOURCE_TASK])
+    for (task, family), group in profiles.groupby([SOURCE_TASK, "family"], dropna=False):
         ax.scatter(
             group[PARETO_X],
             group[PARETO_Y],
             s=group["size_bucket"].map(SIZE_AREAS).fillna(UNKNOWN_SIZE_AREA),
-            c=[colors[dataset]],
+            c=[colors[task]],
             marker=FAMILY_MARKERS.get(family, FAMILY_MARKERS[OTHER_FAMILY]),
             alpha=0.75,
             edgecolors="none",
@@ -192,11 +192,11 @@ def pareto_on_off_figure(profiles: pd.DataFrame) -> Figure:
 
 
 def pareto_on_off_summary_figure(summary: pd.DataFrame, profiles: pd.DataFrame | None = None) -> Figure:
-    """A7: a panel per family of (model, dataset) mean gain against off-task effect, over A6's runs faint when given."""
+    """A7: a panel per family of (model, source task) mean gain against off-task effect, over A6's runs faint when given."""
     families = _family_order(summary["family"].dropna())
     figure = _figure(4.5 * max(len(families), 1), 4.8)
     axes = np.atleast_1d(figure.subplots(1, max(len(families), 1), sharex=True, sharey=True))
-    colors = _dataset_colors(summary[SOURCE_TASK])
+    colors = _task_colors(summary[SOURCE_TASK])
     size_scale = 200.0 / max(float(summary["model_size"].max()), 1.0)
     for ax, family in zip(axes, families):
         if profiles is not None:
