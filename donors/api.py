@@ -41,6 +41,21 @@ __all__ = [
 ]
 
 
+STUDY_FILES = frozenset({STORE_NAME, "config.json", "donors.lock", "donors.lock.pid"})
+
+
+def _check_is_a_study_or_empty(study_dir: Path) -> None:
+    """An output_dir is a new folder, an empty one, or a study: never someone's other files."""
+    if not study_dir.is_dir() or (study_dir / STORE_NAME).exists():
+        return
+    others = sorted(p.name for p in study_dir.iterdir() if p.name not in STUDY_FILES)
+    if others:
+        raise ConfigError(
+            f"output_dir {study_dir} already holds files that are not a study's ({', '.join(others[:5])}"
+            f"{', ...' if len(others) > 5 else ''}); point output_dir at a new or empty folder"
+        )
+
+
 def _check_same_recipe(store: ResultsStore, config: StudyConfig) -> None:
     """A study directory belongs to one recipe; a changed setting would mix incomparable runs."""
     stored = store.get_meta("recipe_hash")
@@ -85,10 +100,12 @@ def run_study(config: StudyConfig | str | Path, *, console: Console | None = Non
         from donors.evaluate.vllm_backend import import_vllm
 
         import_vllm()  # a missing vLLM stops here too, not after training
+    _check_is_a_study_or_empty(study_dir)
     with study_lock(study_dir):
-        (study_dir / "config.json").write_text(config.model_dump_json(indent=1))
         with ResultsStore(store_path(study_dir)) as store:
             _check_same_recipe(store, config)
+            # Only now, every check passed: the report must never show settings the results were not made with.
+            (study_dir / "config.json").write_text(config.model_dump_json(indent=1))
             store.clear_running()  # whatever an earlier, stopped driver had in flight is pending again
             executor = LocalExecutor if config.executor == "local" else _ray_executor()
             executor(config, store, data, console).run()

@@ -95,3 +95,19 @@ def test_training_and_evaluation_formats_must_agree_unless_the_config_says_so():
         config_from_dict({**base, "eval": {"prompt_format": "continuation", "permutations": "cyclic"}})
     # Options at their defaults leave the recipe as older stores recorded it.
     assert "prompt_format" not in config_from_dict(base).recipe()["train"] and "permutations" not in config_from_dict(base).recipe()["eval"]
+
+
+def test_an_output_dir_with_other_files_is_refused_and_left_as_it_was(tmp_path):
+    from donors import api
+
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "config.json").write_text("my own file")
+    (folder / "notes.txt").write_text("keep me")
+    config = config_from_dict({"output_dir": str(folder), "models": ["smollm2-135m"], "tasks": ["number_words"], "languages": ["en"]})
+    with pytest.raises(ConfigError, match=r"already holds files that are not a study's \(notes.txt\)"):
+        api.run_study(config, report=False)
+    assert (folder / "config.json").read_text() == "my own file" and sorted(p.name for p in folder.iterdir()) == [
+        "config.json",
+        "notes.txt",
+    ]

@@ -205,8 +205,10 @@ def test_changed_recipe_is_refused_with_the_changed_field(finished_study, tmp_pa
     config, report = finished_study
     changed = load_config(config).model_copy(update={"output_dir": report.parent})
     changed = changed.model_copy(update={"train": changed.train.model_copy(update={"epochs": 2})})
+    written = (report.parent / "config.json").read_text()
     with pytest.raises(ConfigError, match=r"train\.epochs: 1 -> 2"):
         api.run_study(changed)
+    assert (report.parent / "config.json").read_text() == written  # nothing is written until every check passed
 
 
 def test_status_counts_finished_work(finished_study):
