@@ -315,6 +315,7 @@ def write_report(source: str | Path, out: str | Path | None = None, *, metric: s
 
 def _write_report(source: str | Path, out: str | Path | None = None, *, metric: str | None = None) -> tuple[Path, Analysis]:
     from donors.analysis.metrics import BIAS_FREE_METRIC
+    from donors.analysis.results import write_csv
     from donors.report.html import build_report
 
     source = Path(source)
@@ -331,7 +332,7 @@ def _write_report(source: str | Path, out: str | Path | None = None, *, metric: 
     )
     out.write_text(page, encoding="utf-8")
     if source.is_dir():
-        result.published_results.to_csv(out.with_name("transfer_results.csv"), index=False)
+        write_csv(result.published_results, out.with_name("transfer_results.csv"))
     else:
-        result.results.to_csv(out.with_suffix(".results.csv"), index=False)
+        write_csv(result.results, out.with_suffix(".results.csv"))
     return out, result

@@ -315,13 +315,33 @@ def table_for_csv(table: pd.DataFrame) -> pd.DataFrame:
     return table.rename_axis(table.index.name or "row").reset_index()
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+"""A spreadsheet runs a cell that starts with one of these as a formula (CSV injection)."""
+
+
+def _inert(value):
+    return "'" + value if isinstance(value, str) and value.startswith(FORMULA_STARTS) else value
+
+
+def write_csv(table: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """Write ``table`` by the saving rule of section 0, every text cell a spreadsheet would execute made inert.
+
+    Text (a task, model or language name from the user's data) that starts with ``=``, ``+``,
+    ``-``, ``@``, a tab or a carriage return gets a leading ``'``, as OWASP advises; numeric
+    columns are written as they are, so a negative Δ stays a number.
+    """
+    frame = table_for_csv(table).copy()
+    for position, column in enumerate(frame.columns):
+        values = frame.iloc[:, position]
+        if values.dtype == object or pd.api.types.is_string_dtype(values):
+            frame.iloc[:, position] = values.map(_inert)
+    frame.columns = [_inert(c) for c in frame.columns]
+    frame.to_csv(path, index=False)
+    return Path(path)
+
+
 def save_tables(tables: Mapping[str, pd.DataFrame], directory: str | os.PathLike) -> list[Path]:
-    """Write each table as ``<directory>/<name>.csv`` following section 0; return the paths."""
+    """Write each table as ``<directory>/<name>.csv`` (:func:`write_csv`); return the paths."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for name, table in tables.items():
-        path = directory / f"{name}.csv"
-        table_for_csv(table).to_csv(path, index=False)
-        paths.append(path)
-    return paths
+    return [write_csv(table, directory / f"{name}.csv") for name, table in tables.items()]
