@@ -83,3 +83,14 @@ def test_an_older_store_gains_the_new_columns_and_its_option_counts(tmp_path):
         assert row["predicted_counts"] == [0, 0, 3] and row["gold_counts"] == [1, 1, 1]
         predictions = store.item_predictions()
         assert predictions["predicted_norm"].isna().all() and predictions["logprobs"].iloc[0] == [-3, -2, -1]
+
+
+def test_a_garbage_store_is_named_with_what_to_do_and_left_untouched(tmp_path):
+    from donors.errors import DonorsError
+
+    path = tmp_path / "results.sqlite"
+    garbage = b"this is not a database" * 100
+    path.write_bytes(garbage)
+    with pytest.raises(DonorsError, match=r"results.sqlite: cannot be used as this study's results store .*restore it from a backup"):
+        ResultsStore(path)
+    assert path.read_bytes() == garbage

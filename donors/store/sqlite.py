@@ -17,6 +17,7 @@ from typing import Iterable, Iterator
 
 import pandas as pd
 
+from donors.errors import DonorsError
 from donors.grid import Cell
 from donors.records import AdapterRecord, ItemPrediction, ModelState, TargetResult, eval_job_id
 
@@ -104,6 +105,10 @@ def store_path(study_dir: str | Path) -> Path:
     return Path(study_dir) / STORE_NAME
 
 
+class StoreUnreadable(DonorsError):
+    """The store file exists but is not a readable, writable SQLite store."""
+
+
 class ResultsStore:
     """Typed reads and atomic writes over the study's SQLite file."""
 
@@ -111,10 +116,18 @@ class ResultsStore:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.path, timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(SCHEMA)
-        self._upgrade()
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(SCHEMA)
+            self._upgrade()
+        except sqlite3.DatabaseError as error:
+            self._db.close()
+            raise StoreUnreadable(
+                f"{self.path}: cannot be used as this study's results store ({error}). If the file was truncated or "
+                "overwritten, restore it from a backup, or move it away to start the study afresh (finished adapters "
+                "and scores would then be redone); if the folder is read-only, make it writable"
+            ) from None
 
     def _upgrade(self) -> None:
         """Add the columns an older store lacks, and fill its option counts from its own predictions."""
