@@ -27,8 +27,28 @@ class ConfigError(DonorsError, ValueError):
     """A study config that cannot run; the message says where and how to fix it."""
 
 
+def _admits_bool(annotation) -> bool:
+    return annotation is bool or any(_admits_bool(arg) for arg in get_args(annotation))
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_yaml_booleans(cls, data: Any) -> Any:
+        """YAML 1.1 reads yes/no/on/off as booleans: ``languages: [no]`` would be Norwegian as False, ``epochs: true`` a 1."""
+        if not isinstance(data, dict):
+            return data
+        for name, value in data.items():
+            field = cls.model_fields.get(name)
+            values = value if isinstance(value, (list, tuple)) else [value]
+            if field is not None and not _admits_bool(field.annotation) and any(isinstance(v, bool) for v in values):
+                raise ValueError(
+                    f"{name}: got {value!r}, a boolean; YAML reads yes/no/on/off/true/false as booleans: quote a text ('no') "
+                    "and write numbers as numbers"
+                )
+        return data
 
 
 class TaskSpec(_Section):
@@ -248,6 +268,14 @@ class StudyConfig(_Section):
             raise ValueError(f"listed twice: {', '.join(duplicates)}")
         return value
 
+    @field_validator("seeds")
+    @classmethod
+    def _seed_range(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        bad = [seed for seed in value if not 0 <= seed < 2**32]
+        if bad:
+            raise ValueError(f"seeds {bad} are outside 0 .. 2**32 - 1, the range every random generator the study seeds accepts")
+        return value
+
     @field_validator("languages")
     @classmethod
     def _language_codes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
@@ -403,15 +431,49 @@ def config_from_dict(data: dict[str, Any], source: str = "<config>") -> StudyCon
         raise ConfigError(describe_validation_error(error, heading, reference="docs/config.md, `donors config`")) from None
 
 
+MAX_CONFIG_BYTES = 1_000_000
+MAX_CONFIG_NODES = 100_000
+"""Values a config may hold once its aliases (``*name``) are expanded; more is an expansion bomb."""
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """``yaml.safe_load``, refusing a key given twice (YAML keeps the last, silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        keys = [self.construct_object(key, deep=deep) for key, _ in node.value if isinstance(key, yaml.ScalarNode)]
+        twice = sorted({str(k) for k in keys if keys.count(k) > 1})
+        if twice:
+            raise yaml.constructor.ConstructorError(None, None, f"key(s) {', '.join(twice)} given twice; keep one", node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _expanded_size(value, sizes: dict[int, int]) -> int:
+    """How many values ``value`` holds with every alias expanded, each shared object counted once per use."""
+    if not isinstance(value, (list, dict)):
+        return 1
+    if id(value) not in sizes:
+        children = value.values() if isinstance(value, dict) else value
+        sizes[id(value)] = 1 + sum(_expanded_size(child, sizes) for child in children)
+    return sizes[id(value)]
+
+
 def load_config(path: str | Path) -> StudyConfig:
     """Read a YAML study config with ``yaml.safe_load`` and validate it."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: {path.stat().st_size:,} bytes; a study config is at most {MAX_CONFIG_BYTES:,}")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {error.start}); save the file as UTF-8") from None
+    try:
+        data = yaml.load(text, Loader=_ConfigLoader)  # noqa: S506 - a SafeLoader subclass: safe_load plus one check
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    if _expanded_size(data, {}) > MAX_CONFIG_NODES:
+        raise ConfigError(f"{path}: more than {MAX_CONFIG_NODES:,} values once its aliases (*name) are expanded; write the values out")
     config = config_from_dict(data, source=str(path))
     if not config.output_dir.is_absolute():
         # A relative output_dir is relative to the working directory, as users expect of a CLI.

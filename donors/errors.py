@@ -6,6 +6,8 @@ Its message names the file, field or item at fault and the fix; the CLI prints i
 
 from __future__ import annotations
 
+import reprlib
+
 
 class DonorsError(Exception):
     """A study, a table or an input that cannot be used as it is; the message says how to fix it."""
@@ -19,6 +21,19 @@ class InputNotFound(DonorsError, FileNotFoundError):
     """A study directory, store or results table that is not where the user pointed."""
 
 
+MAX_QUOTED = 200
+"""Characters of a bad value an error message repeats; the rest is elided."""
+
+
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict, _SHORT.maxstring, _SHORT.maxother = 3, 8, 8, MAX_QUOTED, MAX_QUOTED
+
+
+def _quoted(value) -> str:
+    """A bad value as an error message repeats it: bounded, however large or deeply nested it is."""
+    return _SHORT.repr(value)
+
+
 def describe_validation_error(error, heading: str, *, noun: str = "field", reference: str = "") -> str:
     """A pydantic ``ValidationError`` as ``heading`` and one line per problem: where, what is wrong, the value given.
 
@@ -29,12 +44,14 @@ def describe_validation_error(error, heading: str, *, noun: str = "field", refer
     for problem in error.errors():
         where = ".".join(str(part) for part in problem["loc"]) or "(top level)"
         value = problem.get("input")
-        shown = "" if isinstance(value, dict) or problem["type"] == "missing" else f" (got {value!r})"
+        shown = "" if isinstance(value, dict) or problem["type"] == "missing" else f" (got {_quoted(value)})"
         if problem["type"] == "extra_forbidden":
             message = f"unknown {noun}; check its spelling against the documented {noun}s{f' ({reference})' if reference else ''}"
         elif problem["type"] == "missing":
             message = f"required {noun} is missing"
         else:
             message = problem["msg"].removeprefix("Value error, ")
+        if len(message) > 2 * MAX_QUOTED:  # a validator's message can quote the value too
+            message = f"{message[:MAX_QUOTED]}... ({len(message):,} characters)"
         lines.append(f"  - {where}: {message}{shown}")
     return "\n".join(lines)

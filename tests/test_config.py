@@ -111,3 +111,43 @@ def test_an_output_dir_with_other_files_is_refused_and_left_as_it_was(tmp_path):
         "config.json",
         "notes.txt",
     ]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "models: [smollm2-135m]\ntasks: [number_words]\nlanguages: [en, no]\n",
+            r"languages: got \['en', False\], a boolean.*quote a text \('no'\)",
+        ),
+        ("models: [smollm2-135m]\ntasks: [number_words]\ntrain: {epochs: true}\n", r"epochs: got True, a boolean"),
+        ("models: [smollm2-135m]\ntasks: [number_words]\nseeds: [true]\n", r"seeds: got \[True\], a boolean"),
+        ("models: [smollm2-135m]\ntasks: [number_words]\nseeds: [4294967296]\n", r"outside 0 \.\. 2\*\*32 - 1"),
+        ("models: [smollm2-135m]\ntasks: [number_words]\nmodels: [gemma3-270m]\n", r"key\(s\) models given twice"),
+        ("models: [smollm2-135m]\ntasks: [number_words]\ntrain: {epochs: 2, epochs: 3}\n", r"key\(s\) epochs given twice"),
+    ],
+)
+def test_yaml_surprises_are_refused_with_the_field_and_the_fix(tmp_path, text, message):
+    path = tmp_path / "study.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message) as caught:
+        load_config(path)
+    assert str(path) in str(caught.value)
+
+
+def test_a_config_that_is_not_utf8_or_an_alias_bomb_is_refused_quickly(tmp_path):
+    latin1 = tmp_path / "latin1.yaml"
+    latin1.write_bytes("name: étude\nmodels: [smollm2-135m]\ntasks: [number_words]\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1.yaml: not UTF-8 text \(byte 6\); save the file as UTF-8"):
+        load_config(latin1)
+    bomb = ["a: &a [x, x, x, x, x, x, x, x, x]"] + [
+        f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]" for p, c in zip("abcdefg", "bcdefgh")
+    ]
+    path = tmp_path / "bomb.yaml"
+    path.write_text("\n".join(bomb) + "\nmodels: [smollm2-135m]\ntasks: [number_words]\n")
+    with pytest.raises(ConfigError, match="more than 100,000 values once its aliases"):
+        load_config(path)
+    long_name = {"models": ["smollm2-135m"], "tasks": ["number_words"], "languages": ["x" * 5000]}
+    with pytest.raises(ConfigError) as caught:
+        config_from_dict(long_name)
+    assert len(str(caught.value)) < 1000 and "characters)" in str(caught.value)
