@@ -182,7 +182,20 @@ def load_results_table(
         )
     frame[DELTA] = _numbers(frame[DELTA], parse)
     frame[SIZE] = _numbers(frame[SIZE], parse)
+    _check_deltas(frame, origin)
     return frame
+
+
+def _check_deltas(frame: pd.DataFrame, origin: str) -> None:
+    """Refuse an infinite Δ, naming the rows (a mean over it is infinite); a missing Δ is skipped, as published."""
+    delta = frame[DELTA].to_numpy(float)
+    bad = np.flatnonzero(np.isinf(delta))
+    if len(bad):
+        keys = [c for c in (MODEL, SOURCE_TASK, SOURCE_LANGUAGE, TARGET_TASK, TARGET_LANGUAGE) if c in frame]
+        shown = "; ".join(f"row {i + 2}: {'/'.join(str(frame[c].iat[i]) for c in keys)} = {delta[i]}" for i in bad[:5])
+        raise ResultsTableError(
+            f"{origin}: {len(bad)} row(s) have an infinite {DELTA} ({shown}{'; ...' if len(bad) > 5 else ''}); fix or drop them"
+        )
 
 
 def has_source(df: pd.DataFrame) -> pd.Series:
