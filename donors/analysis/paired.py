@@ -455,6 +455,11 @@ def item_level_tables(
     ``transfer_asymmetry`` and ``most_asymmetric_pairs``: see :func:`transfer_asymmetry`.
     """
     bootstrap, tested = paired_statistics(outcomes, n_boot=n_boot, seed=seed, alpha=alpha)
+    return paired_tables(bootstrap, tested, level=level, top=top)
+
+
+def paired_tables(bootstrap: PairedBootstrap, tested: pd.DataFrame, *, level: float = 0.95, top: int = 10) -> dict[str, pd.DataFrame]:
+    """:func:`item_level_tables` from statistics already computed by :func:`paired_statistics`."""
     if bootstrap.pairs.empty:
         return {}
     extra = ["n_improved", "n_worsened", "test", "p_value", "q_value", "significant"]

@@ -7,13 +7,13 @@ Pure: every input is a table handed in (the API reads the store once and passes 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import pandas as pd
 
 from donors.analysis.metrics import BIAS_FREE_METRIC, item_scores, target_scores
-from donors.analysis.paired import item_level_tables, paired_statistics, regime_summary_by_model
+from donors.analysis.paired import PairedBootstrap, paired_statistics, paired_tables, regime_summary_by_model
 from donors.analysis.published import SKIPPED_ANALYSES, run_analysis, run_published_analyses, skipped_table
 from donors.analysis.transfer import TransferMatrix, results_table
 from donors.analysis.validity import (
@@ -36,12 +36,19 @@ class StoredOutcomes:
 
     scores: pd.DataFrame
     predictions: pd.DataFrame
+    _paired: dict = field(default_factory=dict, repr=False, compare=False)
 
     def target_scores(self, metric: str) -> pd.DataFrame:
         return target_scores(self.scores, self.predictions, metric)
 
     def item_scores(self, metric: str) -> pd.DataFrame:
         return item_scores(self.predictions, metric)
+
+    def paired(self, metric: str) -> tuple[PairedBootstrap, pd.DataFrame]:
+        """The paired bootstrap and tests under ``metric``, computed once: the validity check and the item-level tables share them."""
+        if metric not in self._paired:
+            self._paired[metric] = paired_statistics(self.item_scores(metric))
+        return self._paired[metric]
 
 
 def _model_key(model: str) -> str:
@@ -90,9 +97,7 @@ def study_tables(
     run("regime_summary_by_model", functools.partial(regime_summary_by_model, results))
     if stored is not None:
         tables.update(run_analysis("validity", lambda: validity_tables(stored, published_metric, bias_free_metric), skipped) or {})
-        tables.update(
-            run_analysis("item_level_tables", lambda: item_level_tables(stored.item_scores(metric or published_metric)), skipped) or {}
-        )
+        tables.update(run_analysis("item_level_tables", lambda: paired_tables(*stored.paired(metric or published_metric)), skipped) or {})
     if skipped:
         tables[SKIPPED_ANALYSES] = skipped_table(skipped)
     return tables
@@ -118,7 +123,7 @@ def validity_tables(stored: StoredOutcomes, published: str, bias_free: str) -> d
     means = regime_means(results)
     pooled, own = {}, {}
     for m in (published, bias_free):
-        bootstrap, tested = paired_statistics(stored.item_scores(m))
+        bootstrap, tested = stored.paired(m)
         pooled[m] = pooled_regime_intervals(bootstrap.pairs, bootstrap.replicates)
         own[m] = own_cell_gains(tested)
     tables["metric_comparison"] = means

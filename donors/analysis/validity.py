@@ -16,7 +16,7 @@ import pandas as pd
 from donors.analysis.constants import DELTA, REGIME, REGIMES
 from donors.analysis.metrics import STATE_TARGET_KEYS
 from donors.grid import regime_labels
-from donors.records import COLLAPSE_SHARE
+from donors.records import COLLAPSE_SHARE, top_share
 from donors.tasks.item import LETTERS
 
 DISAGREEMENT_RATIO = 0.5
@@ -49,7 +49,7 @@ def option_diagnostics(scores: pd.DataFrame) -> pd.DataFrame:
         regime_labels(scores["source_task"], scores["source_language"], scores["target_task"], scores["target_language"]),
     )
     table["top_option"] = [LETTERS[t] if t >= 0 else "" for t in top]
-    table["top_share"] = [c[t] / sum(c) if t >= 0 and sum(c) else np.nan for c, t in zip(predicted, top)]
+    table["top_share"] = [top_share(c) for c in predicted]
     table["collapsed"] = table["top_share"] >= COLLAPSE_SHARE
     table["predicted"] = [_spread(c) for c in predicted]
     table["gold"] = [_spread(c) for c in gold]
