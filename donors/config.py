@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import re
+import unicodedata
 from pathlib import Path
 from types import UnionType
 from typing import Any, Literal, Union, get_args, get_origin
@@ -16,7 +18,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from donors.errors import DonorsError, describe_validation_error
+from donors.errors import DonorsError, _quoted, describe_validation_error
 from donors.grid import STUDY_LANGUAGES
 
 PAPER_SEEDS = (17, 42, 101)
@@ -25,6 +27,45 @@ LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 
 class ConfigError(DonorsError, ValueError):
     """A study config that cannot run; the message says where and how to fix it."""
+
+
+# Names that become folders of the study (adapters/<model>/<task>/<language>/seed<n>): checked at load, so
+# that no name can point a write outside the study (``../..``, ``/abs``) or make a folder a filesystem refuses.
+MAX_TASK_NAME = 64
+MAX_MODEL_ENTRY = 1024
+MAX_COMPONENT = 120
+"""Characters of a folder name made from a model entry (filesystems allow 255 bytes)."""
+_TASK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_SAFE_COMPONENT = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
+_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
+TASK_NAME_RULE = (
+    f"a task name is a folder of the study: use letters A-Z a-z, digits, '_', '-' and '.', start with a letter or a digit, "
+    f"at most {MAX_TASK_NAME} characters (e.g. my_task-v2)"
+)
+
+
+def path_component(name: str) -> str:
+    """The one folder name a model entry (or any other name) becomes: never ``..``, a path, or a control character.
+
+    An embedded model or a hub id keeps the spelling adapter folders always had ('org/name' -> 'org__name'); so does a
+    local path made only of letters, digits, '.', '_', '-' and '/' ('/models/llama' -> '__models__llama'). Any other
+    name (a leading dot, spaces, other characters, very long) is cut to those characters, with the first 8 hex digits of
+    its SHA-256 appended so two entries never share a folder: './my model' -> 'my_model-<hash>'.
+    """
+    plain = name.replace("/", "__")
+    if _SAFE_COMPONENT.fullmatch(plain) and len(plain) <= MAX_COMPONENT:
+        return plain
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", plain).lstrip("._")[: MAX_COMPONENT - 9] or "name"
+    return f"{cleaned}-{hashlib.sha256(name.encode('utf-8', 'surrogatepass')).hexdigest()[:8]}"
+
+
+def is_hub_id(name: str) -> bool:
+    """``org/name`` as the Hugging Face hub spells a repository (letters, digits, '.', '_', '-'), no ``..``."""
+    return bool(_HUB_ID.fullmatch(name)) and ".." not in name
+
+
+def _control_characters(value: str) -> list[str]:
+    return sorted({f"U+{ord(c):04X}" for c in value if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp")})
 
 
 def _admits_bool(annotation) -> bool:
@@ -55,7 +96,8 @@ class TaskSpec(_Section):
     """A task by registry name, with the options its factory takes (paths, column maps...)."""
 
     name: str = Field(
-        description="a registered task (`donors tasks`), or your own name for a task built from `options` (e.g. `source: files`)"
+        description="a registered task (`donors tasks`), or your own name for a task built from `options` (e.g. `source: files`); "
+        f"it names a folder of the study: letters, digits, '_', '-' and '.', starting with a letter or digit, at most {MAX_TASK_NAME} characters"
     )
     options: dict[str, Any] = Field(
         default_factory=dict,
@@ -64,6 +106,13 @@ class TaskSpec(_Section):
     max_length: int | None = Field(
         None, ge=8, description="tokens a training example of this task keeps (left-truncated); default: train.max_length"
     )
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_a_folder_name(cls, value: str) -> str:
+        if len(value) > MAX_TASK_NAME or not _TASK_NAME.fullmatch(value):
+            raise ValueError(TASK_NAME_RULE)
+        return value
 
 
 class LoraConfig(_Section):
@@ -206,7 +255,9 @@ class StudyConfig(_Section):
     )
     models: tuple[str, ...] = Field(
         description="base models, at least one, each once: an embedded model (`donors models`), a local Hugging Face model "
-        "directory or a hub id 'org/name'"
+        "directory or a hub id 'org/name'; checked before anything is loaded or written. Each becomes the folder of its "
+        "adapters ('org/name' -> org__name; a path with other characters than letters, digits, '.', '_', '-' and '/' is "
+        "cut to those, plus a hash); two entries that would share a folder, even only by case, are refused"
     )
     tasks: tuple[TaskSpec, ...] = Field(
         description="at least one, each once; each is a source (trained on) and a target (scored) in every language: a "
@@ -266,6 +317,40 @@ class StudyConfig(_Section):
         duplicates = sorted({str(k) for k in keys if keys.count(k) > 1})
         if duplicates:
             raise ValueError(f"listed twice: {', '.join(duplicates)}")
+        return value
+
+    @field_validator("models")
+    @classmethod
+    def _model_entries(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        fix = "name an embedded model (`donors models`), a local model directory or a hub id 'org/name'"
+        folders: dict[str, str] = {}
+        for entry in value:
+            if not entry.strip():
+                raise ValueError(f"a model entry is empty; {fix}")
+            if entry != entry.strip():
+                raise ValueError(f"model {_quoted(entry)} has spaces at its ends; remove them")
+            if len(entry) > MAX_MODEL_ENTRY:
+                raise ValueError(f"model {_quoted(entry)} is {len(entry):,} characters long; at most {MAX_MODEL_ENTRY:,}: {fix}")
+            if bad := _control_characters(entry):
+                raise ValueError(f"model {_quoted(entry)} holds control characters ({', '.join(bad)}); {fix}")
+            folder = path_component(entry)
+            if (other := folders.setdefault(folder.casefold(), entry)) != entry:
+                raise ValueError(
+                    f"models {_quoted(other)} and {_quoted(entry)} name one model or would share the adapter folder "
+                    f"{folder!r} (names that differ only in case are one model on the hub and one folder on macOS and "
+                    "Windows); keep one of them"
+                )
+        return value
+
+    @field_validator("tasks")
+    @classmethod
+    def _task_folders(cls, value: tuple[TaskSpec, ...]) -> tuple[TaskSpec, ...]:
+        folders: dict[str, str] = {}
+        for task in value:
+            if (other := folders.setdefault(task.name.casefold(), task.name)) != task.name:
+                raise ValueError(
+                    f"tasks {other!r} and {task.name!r} differ only in case: they would share one folder on macOS and Windows; rename one"
+                )
         return value
 
     @field_validator("seeds")
