@@ -81,13 +81,18 @@ def _check_same_recipe(store: ResultsStore, config: StudyConfig) -> None:
         )
 
 
-def run_study(config: StudyConfig | str | Path, *, console: Console | None = None, report: bool = True) -> Path:
+def run_study(
+    config: StudyConfig | str | Path, *, console: Console | None = None, report: bool = True, redo_changed_data: bool = False
+) -> Path:
     """Train and evaluate whatever the store lacks, then analyse and write the report.
 
-    Safe to rerun: finished adapters and scores are skipped. Returns the report's path
-    (or the study directory when ``report`` is false).
+    Safe to rerun: finished adapters and scores are skipped. Stored adapters whose files
+    changed are trained again; data that changed under stored work stops the run
+    (``redo_changed_data``: that work is discarded and redone instead). Returns the report's
+    path (or the study directory when ``report`` is false).
     """
     from donors.execute.local import LocalExecutor
+    from donors.execute.pending import discard_broken_adapters, reconcile_data
     from donors.tasks.data import load_study_data
 
     config = load_config(config) if not isinstance(config, StudyConfig) else config
@@ -104,8 +109,11 @@ def run_study(config: StudyConfig | str | Path, *, console: Console | None = Non
     with study_lock(study_dir):
         with ResultsStore(store_path(study_dir)) as store:
             _check_same_recipe(store, config)
+            redone = reconcile_data(store, data.fingerprints(), redo=redo_changed_data)
             # Only now, every check passed: the report must never show settings the results were not made with.
             (study_dir / "config.json").write_text(config.model_dump_json(indent=1))
+            for line in redone + discard_broken_adapters(config, store):
+                console.print(f"[yellow]warning:[/yellow] {line}", soft_wrap=True)
             store.clear_running()  # whatever an earlier, stopped driver had in flight is pending again
             executor = LocalExecutor if config.executor == "local" else _ray_executor()
             executor(config, store, data, console).run()

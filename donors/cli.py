@@ -46,9 +46,15 @@ def _handled(call):
 
 
 @app.command()
-def run(config: Path = typer.Argument(..., help="study config (YAML)"), no_report: bool = typer.Option(False, "--no-report")) -> None:
+def run(
+    config: Path = typer.Argument(..., help="study config (YAML)"),
+    no_report: bool = typer.Option(False, "--no-report"),
+    redo_changed_data: bool = typer.Option(
+        False, "--redo-changed-data", help="where a task's items changed since they were used, discard that work and redo it"
+    ),
+) -> None:
     """Train and evaluate whatever the study lacks, then analyse and write the report. Resumable."""
-    path = _handled(lambda: api.run_study(config, console=console, report=not no_report))
+    path = _handled(lambda: api.run_study(config, console=console, report=not no_report, redo_changed_data=redo_changed_data))
     typer.echo(str(path))
 
 

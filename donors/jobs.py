@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from donors.config import StudyConfig
+from donors.config import ConfigError, StudyConfig
 from donors.grid import Cell
 from donors.records import ModelState, eval_job_id
 
@@ -30,9 +30,18 @@ class TrainJob:
     def job_id(self) -> str:
         return self.state.state_id
 
-    def adapter_dir(self, study_dir: Path) -> Path:
+    def adapter_dir(self, storage_dir: Path, key: str) -> Path:
+        """Where this job's adapter goes: ``key`` names what made it (recipe and training data).
+
+        Studies that share ``storage_dir`` thus never write over each other's adapters unless
+        they would train the very same one. The path must stay inside ``storage_dir``.
+        """
+        storage_dir = Path(storage_dir)
         safe_model = self.model.replace("/", "__")
-        return Path(study_dir) / "adapters" / safe_model / self.source.task / self.source.language / f"seed{self.seed}"
+        path = storage_dir / "adapters" / safe_model / self.source.task / self.source.language / f"seed{self.seed}-{key}"
+        if not path.resolve().is_relative_to(storage_dir.resolve()):
+            raise ConfigError(f"the adapter of {self.job_id} would be written to {path}, outside {storage_dir}; rename the model or task")
+        return path
 
 
 @dataclass(frozen=True)

@@ -49,7 +49,11 @@ class ModelState:
 
 @dataclass(frozen=True)
 class AdapterRecord:
-    """A trained LoRA adapter: where it is, how it was made, and the exact items it saw."""
+    """A trained LoRA adapter: where it is, how it was made, and the exact items it saw.
+
+    ``sha256``: the digest of its files when it was stored (:func:`donors.train.lora.adapter_digest`),
+    checked before it is scored; None only for adapters stored before digests were.
+    """
 
     adapter_id: str
     model: str
@@ -64,6 +68,7 @@ class AdapterRecord:
     validation_losses: tuple[float, ...]
     train_seconds: float | None
     versions: dict[str, str]
+    sha256: str | None = None
 
 
 @dataclass(frozen=True)

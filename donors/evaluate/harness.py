@@ -14,7 +14,6 @@ Per-item log-likelihoods come from lm-eval's logged samples and become the same
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
@@ -28,7 +27,7 @@ from typing import Any, Mapping, Sequence
 import yaml
 
 from donors.evaluate import Key, TargetResult, prediction, summarize
-from donors.tasks.item import Item
+from donors.tasks.item import Item, items_digest
 from donors.tasks.prompts import PromptFormat, choice_strings, prompt_text
 
 LM_EVAL_VERSION = "0.4.13"
@@ -86,11 +85,6 @@ def write_task(directory: Path, task: str, language: str, items: Sequence[Item],
     return name
 
 
-def _fingerprint(items: Sequence[Item]) -> str:
-    blob = json.dumps([(i.id, i.task, i.language, i.question, i.choices, i.answer_index) for i in items], ensure_ascii=False)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
 def _quiet_hflm():
     """``HFLM`` without its per-call progress bars (our progress bar counts items)."""
     from lm_eval.models.huggingface import HFLM
@@ -143,7 +137,7 @@ class HarnessScorer:
             if not items:
                 raise ValueError(f"target {key} has no items to score")
             name = lm_eval_task_name(items[0].task, items[0].language)
-            fingerprint = _fingerprint(items)
+            fingerprint = items_digest(items)
             if self._written.get(name) != fingerprint:
                 write_task(self.workdir, items[0].task, items[0].language, items, self.prompt_format)
                 self._written[name] = fingerprint

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 from donors.config import StudyConfig
+from donors.errors import DonorsError
 from donors.grid import Cell
 from donors.jobs import TrainJob, cells, train_jobs
 from donors.records import COLLAPSE_SHARE, ModelState, top_share
 from donors.store import ResultsStore
+from donors.train.lora import AdapterFilesError, adapter_digest
+
+
+class DataChanged(DonorsError):
+    """Items differ from those the stored work was made from; the message names each cell and the way out."""
+
 
 EvalWork = list[tuple[ModelState, str | None, list[Cell]]]
 
@@ -14,6 +21,72 @@ EvalWork = list[tuple[ModelState, str | None, list[Cell]]]
 def pending_train_jobs(config: StudyConfig, store: ResultsStore) -> list[TrainJob]:
     done = store.adapter_ids()
     return [job for job in train_jobs(config) if job.job_id not in done]
+
+
+def discard_broken_adapters(config: StudyConfig, store: ResultsStore) -> list[str]:
+    """Check the files of every stored adapter that still has targets to score; discard any that changed.
+
+    A missing, truncated or edited adapter (its digest differs from the one recorded when it
+    was stored) would be scored as if it were the trained one. Instead its state is forgotten,
+    scores included, and trained again. Adapters stored before digests were get theirs now.
+    Returns one line per discarded adapter.
+    """
+    lines = []
+    n_targets = len(cells(config))
+    for job in train_jobs(config):
+        record = store.adapter(job.job_id)
+        if record is None or len(store.scored_targets(job.job_id)) == n_targets:
+            continue
+        path = config.adapter_storage / record.path
+        try:
+            digest = adapter_digest(path)
+        except AdapterFilesError as error:
+            problem = str(error)
+        else:
+            if record.sha256 is None:
+                store.set_adapter_digest(record.adapter_id, digest)
+                continue
+            if digest == record.sha256:
+                continue
+            problem = f"adapter {path}: its files changed since it was stored (sha256 {digest[:12]}, stored {record.sha256[:12]})"
+        store.discard_adapter(record.adapter_id, f"{problem}; discarded with its scores, trained again")
+        lines.append(f"{problem}: discarded with its scores; it is trained again")
+    return lines
+
+
+def reconcile_data(store: ResultsStore, digests: dict[tuple[str, Cell], str], *, redo: bool = False) -> list[str]:
+    """Compare each (split, cell)'s items with those the stored work was made from.
+
+    A cell whose items changed while adapters or scores made from them are stored is refused
+    (:class:`DataChanged`, every such cell named), or with ``redo`` that work is discarded so
+    this run redoes it. Changed cells nothing depends on, and new ones, are simply recorded.
+    Returns one line per cell whose work was discarded.
+    """
+    stored = store.data_fingerprints()
+    changed = {key: store.work_using(*key) for key, digest in digests.items() if stored.get(key, digest) != digest}
+    used = {key: work for key, work in changed.items() if any(work)}
+    if used and not redo:
+        listed = "; ".join(
+            f"task {cell.task!r}, language {cell.language!r}, split {split!r} ({_work(*work)})" for (split, cell), work in used.items()
+        )
+        raise DataChanged(
+            f"the items of {listed} differ from those the stored results were made from. Restore the data, or run again with "
+            "--redo-changed-data (api: run_study(..., redo_changed_data=True)) to discard that work and redo it on the new items"
+        )
+    lines = []
+    for (split, cell), work in used.items():
+        store.discard_work_using(split, cell)
+        lines.append(f"{cell.task}/{cell.language} {split} items changed: {_work(*work)} discarded, redone on this run")
+    store.set_data_fingerprints(digests)
+    return lines
+
+
+def _work(adapters: int, scores: int) -> str:
+    return (
+        f"{adapters} adapter(s) trained on them, {scores} scored (state, target) pair(s)"
+        if adapters
+        else f"{scores} scored (state, target) pair(s)"
+    )
 
 
 def pending_eval_work(config: StudyConfig, store: ResultsStore, states: list[ModelState]) -> EvalWork:

@@ -21,8 +21,9 @@ from donors.grid import Cell
 from donors.jobs import TrainJob
 from donors.models import load_model
 from donors.records import AdapterRecord, ModelState, TargetResult
-from donors.tasks.item import Item
-from donors.train.lora import train_lora
+from donors.tasks.data import fingerprint
+from donors.tasks.item import Item, stable_digest
+from donors.train.lora import adapter_digest, train_lora
 
 
 def library_versions() -> dict[str, str]:
@@ -57,7 +58,7 @@ def train_adapter(
     unchanged, frozen); by default a fresh one is loaded.
     """
     model, tokenizer = base or load_model(job.model, dtype=config.dtype, trust_remote_code=config.trust_remote_code)
-    path = job.adapter_dir(storage_dir)
+    path = job.adapter_dir(storage_dir, key=stable_digest(config.recipe_hash() + fingerprint(items))[:12])
     result = train_lora(
         model,
         tokenizer,
@@ -84,6 +85,7 @@ def train_adapter(
         validation_losses=result.validation_losses,
         train_seconds=result.seconds,
         versions=library_versions(),
+        sha256=adapter_digest(path),
     )
 
 
@@ -99,14 +101,18 @@ def evaluate_states(
     """Score each (state, adapter path, targets) with the base model loaded once.
 
     Adapters are swapped onto the one base (PEFT's load/delete), so memory stays flat as
-    the number of adapters grows. A target that fails is reported and the rest go on.
+    the number of adapters grows. A target that fails is reported and the rest go on; an
+    adapter that cannot be loaded fails its state's targets, and the other states go on.
     """
     if config.eval.backend == "vllm":
         _evaluate_with_vllm(config, model_name, work, test_items, on_result, on_failure, on_items)
         return
     from peft import PeftModel
 
-    base, tokenizer = load_model(model_name, dtype=config.dtype, trust_remote_code=config.trust_remote_code)
+    def load_base():
+        return load_model(model_name, dtype=config.dtype, trust_remote_code=config.trust_remote_code)
+
+    base, tokenizer = load_base()
     backend = get_scorer(config.eval)
     peft_model = None
     for state, adapter_path, targets in work:
@@ -114,12 +120,21 @@ def evaluate_states(
             scorer = peft_model or base
             context = peft_model.disable_adapter() if peft_model else nullcontext()
         else:
-            if peft_model is None:
-                peft_model = PeftModel.from_pretrained(base, adapter_path, adapter_name="current")
-            else:
-                peft_model.delete_adapter("current")
-                peft_model.load_adapter(adapter_path, adapter_name="current")
-                peft_model.set_adapter("current")
+            try:
+                adapter_digest(adapter_path)  # safetensors present: PEFT never falls back to a pickled .bin
+                if peft_model is None:
+                    peft_model = PeftModel.from_pretrained(base, adapter_path, adapter_name="current")
+                else:
+                    if "current" in peft_model.peft_config:
+                        peft_model.delete_adapter("current")
+                    peft_model.load_adapter(adapter_path, adapter_name="current")
+                    peft_model.set_adapter("current")
+            except Exception as error:  # noqa: BLE001 - this state's targets fail; the other states go on
+                for target in targets:
+                    on_failure(state, target, error)
+                if peft_model is None:  # a failed first load may have left LoRA layers in the base: start clean
+                    base, tokenizer = load_base()
+                continue
             peft_model.eval()
             scorer, context = peft_model, nullcontext()
         with context:

@@ -40,7 +40,15 @@ CREATE TABLE IF NOT EXISTS adapters (
     validation_losses TEXT NOT NULL,
     train_seconds REAL,
     versions TEXT NOT NULL,
-    created TEXT DEFAULT (datetime('now'))
+    created TEXT DEFAULT (datetime('now')),
+    sha256 TEXT
+);
+CREATE TABLE IF NOT EXISTS data_fingerprints (
+    split TEXT NOT NULL,
+    task TEXT NOT NULL,
+    language TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    PRIMARY KEY (split, task, language)
 );
 CREATE TABLE IF NOT EXISTS failures (
     job_id TEXT PRIMARY KEY,
@@ -94,7 +102,11 @@ CREATE TABLE IF NOT EXISTS scores (
 );
 """
 
-ADDED_COLUMNS = {"predictions": {"predicted_norm": "INTEGER"}, "scores": {"predicted_counts": "TEXT", "gold_counts": "TEXT"}}
+ADDED_COLUMNS = {
+    "predictions": {"predicted_norm": "INTEGER"},
+    "scores": {"predicted_counts": "TEXT", "gold_counts": "TEXT"},
+    "adapters": {"sha256": "TEXT"},
+}
 """Columns added since the first stores were written: an older store gains them when opened."""
 
 STORE_NAME = "results.sqlite"
@@ -210,6 +222,69 @@ class ResultsStore:
 
     def adapter_ids(self) -> set[str]:
         return {r[0] for r in self._db.execute("SELECT adapter_id FROM adapters")}
+
+    def set_adapter_digest(self, adapter_id: str, sha256: str) -> None:
+        """Record the digest of an adapter stored before digests were (its files as they are now)."""
+        with self._transaction() as db:
+            db.execute("UPDATE adapters SET sha256 = ? WHERE adapter_id = ?", (sha256, adapter_id))
+
+    def discard_adapter(self, adapter_id: str, reason: str) -> None:
+        """Forget an adapter that can no longer be trusted, with every score of its state, and say why.
+
+        The state is then pending as a whole: retrained, then rescored, so no state's scores
+        ever mix two adapters.
+        """
+        with self._transaction() as db:
+            db.execute("DELETE FROM adapters WHERE adapter_id = ?", (adapter_id,))
+            self._delete_scores(db, "state_id = ?", (adapter_id,))
+            db.execute(
+                "INSERT INTO failures (job_id, kind, error) VALUES (?, 'train', ?) "
+                "ON CONFLICT(job_id) DO UPDATE SET error = excluded.error, attempts = attempts + 1",
+                (adapter_id, reason),
+            )
+
+    # -- data fingerprints ------------------------------------------------------------
+    def data_fingerprints(self) -> dict[tuple[str, Cell], str]:
+        """The digest of each (split, cell)'s items as the stored work used them."""
+        rows = self._db.execute("SELECT split, task, language, digest FROM data_fingerprints")
+        return {(split, Cell(task, language)): digest for split, task, language, digest in rows}
+
+    def set_data_fingerprints(self, digests: dict[tuple[str, Cell], str]) -> None:
+        with self._transaction() as db:
+            db.executemany(
+                "INSERT OR REPLACE INTO data_fingerprints (split, task, language, digest) VALUES (?, ?, ?, ?)",
+                [(split, cell.task, cell.language, digest) for (split, cell), digest in digests.items()],
+            )
+
+    def work_using(self, split: str, cell: Cell) -> tuple[int, int]:
+        """(adapters, scored (state, target) pairs) made from ``cell``'s ``split``: trained on it, or scored on it."""
+        if split == "train":
+            adapters = [r[0] for r in self._db.execute(*self._trained_on(cell))]
+            marks = ", ".join("?" for _ in adapters)
+            n_scores = self._db.execute(f"SELECT COUNT(*) FROM scores WHERE state_id IN ({marks})", adapters).fetchone()[0]
+            return len(adapters), n_scores
+        where = "target_task = ? AND target_language = ?"
+        return 0, self._db.execute(f"SELECT COUNT(*) FROM scores WHERE {where}", (cell.task, cell.language)).fetchone()[0]
+
+    def discard_work_using(self, split: str, cell: Cell) -> None:
+        """Delete what ``work_using`` counts, in one transaction: it is redone on this run."""
+        with self._transaction() as db:
+            if split == "train":
+                adapters = [(r[0],) for r in db.execute(*self._trained_on(cell))]
+                db.executemany("DELETE FROM adapters WHERE adapter_id = ?", adapters)
+                for (adapter_id,) in adapters:
+                    self._delete_scores(db, "state_id = ?", (adapter_id,))
+            else:
+                self._delete_scores(db, "target_task = ? AND target_language = ?", (cell.task, cell.language))
+
+    @staticmethod
+    def _trained_on(cell: Cell) -> tuple[str, tuple[str, str]]:
+        return "SELECT adapter_id FROM adapters WHERE source_task = ? AND source_language = ?", (cell.task, cell.language)
+
+    @staticmethod
+    def _delete_scores(db: sqlite3.Connection, where: str, args: tuple) -> None:
+        for table in ("scores", "predictions", "rotated_predictions"):
+            db.execute(f"DELETE FROM {table} WHERE {where}", args)
 
     # -- failures -------------------------------------------------------------------
     def record_failure(self, job_id: str, kind: str, error: str) -> None:

@@ -13,12 +13,17 @@ from itertools import zip_longest
 from donors.config import StudyConfig
 from donors.errors import DonorsError
 from donors.grid import Cell
-from donors.tasks.item import Item, Split, stable_digest
+from donors.tasks.item import SPLITS, Item, Split, items_digest, stable_digest
 from donors.tasks.registry import Task, get_task
 
 
 class DataError(DonorsError, ValueError):
     """Items a study cannot use; the message names the task, language, ids and the fix."""
+
+
+def fingerprint(items: list[Item]) -> str:
+    """The digest of a cell's items in id order: what its scores, or the adapters trained on it, depend on."""
+    return items_digest(sorted(items, key=lambda item: item.id))
 
 
 def balanced_ids(items: list[Item], limit: int) -> list[str]:
@@ -71,6 +76,10 @@ class StudyData:
 
     train: dict[Cell, list[Item]] = field(default_factory=dict)
     test: dict[Cell, list[Item]] = field(default_factory=dict)
+
+    def fingerprints(self) -> dict[tuple[Split, Cell], str]:
+        """A digest per (split, cell) of the items a study uses, in id order (file order changes nothing)."""
+        return {(split, cell): fingerprint(items) for split in SPLITS for cell, items in getattr(self, split).items()}
 
 
 def load_study_data(config: StudyConfig, tasks: dict[str, Task] | None = None) -> StudyData:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -14,6 +15,16 @@ LETTERS = "ABCDEFGHIJ"
 def stable_digest(text: str) -> str:
     """A SHA-256 hex digest: the seed of every ordering decision, never Python's salted ``hash``."""
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def items_digest(items) -> str:
+    """A SHA-256 digest of items in the order given: ids, task, language, text, choices, gold and training target.
+
+    Any edit to what a model reads or is graded against changes it; a stored digest is how a
+    resumed study tells that its data changed under it.
+    """
+    rows = [(i.id, i.task, i.language, i.question, i.choices, i.answer_index, i.target_text) for i in items]
+    return stable_digest(json.dumps(rows, ensure_ascii=False))
 
 
 @dataclass(frozen=True)

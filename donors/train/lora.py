@@ -9,6 +9,7 @@ carry loss, never over the full sequence.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -40,6 +41,33 @@ logger = logging.getLogger(__name__)
 
 class TrainingError(DonorsError, RuntimeError):
     """A run that cannot finish (a non-finite loss, say); the study records it and goes on."""
+
+
+class AdapterFilesError(DonorsError):
+    """A stored adapter's files are missing, not safetensors, or not what was stored."""
+
+
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+"""What an adapter is: PEFT's config and its weights as safetensors (never a pickled ``.bin``)."""
+
+
+def adapter_digest(path: str | Path) -> str:
+    """SHA-256 over an adapter's config and weights: recorded when it is stored, checked before it is scored.
+
+    Raises :class:`AdapterFilesError` when a file is missing, which is also what keeps PEFT
+    from falling back to a pickled ``adapter_model.bin``.
+    """
+    path = Path(path)
+    missing = [name for name in ADAPTER_FILES if not (path / name).is_file()]
+    if missing:
+        raise AdapterFilesError(f"adapter {path}: {', '.join(missing)} missing (adapters are loaded from safetensors only)")
+    digest = hashlib.sha256()
+    for name in ADAPTER_FILES:
+        digest.update(f"{name}:{(path / name).stat().st_size}:".encode())
+        with (path / name).open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
