@@ -21,6 +21,7 @@ from donors import plan as planning
 from donors.config import ConfigError, StudyConfig, load_config
 from donors.errors import InputNotFound
 from donors.jobs import eval_jobs, train_jobs
+from donors.models import check_models
 from donors.plan import StudyPlan
 from donors.store import STORE_NAME, ResultsStore, store_path
 from donors.store.lock import study_in_use, study_lock
@@ -99,6 +100,7 @@ def run_study(
     console = console or Console(stderr=True)
     study_dir = Path(config.output_dir)
     started = time.perf_counter()
+    check_models(config)  # a bad model entry stops here, before any data is loaded or anything written
     console.print(f"[bold]data[/bold] loading {len(config.tasks)} task(s) x {len(config.languages)} language(s)")
     data = load_study_data(config)  # bad data stops here, before anything is written
     if config.eval.backend == "vllm":
@@ -203,6 +205,7 @@ def plan_study(
 ) -> StudyPlan:
     """Jobs, tokens and GPU-hours per model, without loading a model or fetching data (:mod:`donors.plan`)."""
     config = load_config(config) if not isinstance(config, StudyConfig) else config
+    check_models(config, weights=False)
     return planning.plan(config, tflops=tflops, mfu=mfu, chars_per_token=chars_per_token)
 
 
@@ -281,6 +284,7 @@ def probe_study(config: StudyConfig | str | Path, n_items: int, *, on_items=None
     from donors.tasks.data import load_study_data
 
     config = load_config(config) if not isinstance(config, StudyConfig) else config
+    check_models(config)
     return probe_base_models(config, load_study_data(config), n_items, on_items=on_items)
 
 

@@ -9,33 +9,51 @@ Three kinds of name go through one loader:
 * a Hugging Face hub id (downloaded by ``transformers`` as usual; unreachable offline).
 
 Weights are only ever read from safetensors or GGUF; ``trust_remote_code`` is off unless
-the study config turns it on.
+the study config turns it on. :func:`check_models` resolves every name of a study before
+anything is loaded or written, so a bad one stops the study at once with the fix.
+
+torch and transformers are imported when a model is loaded, not with this module: the
+check and ``donors plan`` stay fast.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.metadata
+import json
 import os
 import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import torch
 from filelock import FileLock
 from platformdirs import user_cache_dir
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
-from transformers.utils import logging as hf_logging
 
-from donors.errors import DonorsError
+from donors.config import is_hub_id
+from donors.errors import DonorsError, _quoted
 
-# Our own progress bars say what is happening; the library's per-load bars are noise here.
-hf_logging.disable_progress_bar()
-hf_logging.set_verbosity_error()
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from donors.config import StudyConfig
+
 # PEFT still calls a transformers method deprecated in v5; the warning says nothing to our users.
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+
+
+@functools.cache
+def _transformers():
+    """transformers, imported on first use with its per-load progress bars off (our own bars say what is happening)."""
+    import transformers
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    return transformers
 
 
 class ModelError(DonorsError, RuntimeError):
@@ -126,10 +144,15 @@ def _check_installed(model: EmbeddedModel) -> None:
         )
 
 
+def _embedded_target(model: EmbeddedModel) -> Path:
+    """Where the converted copy of an embedded model lives."""
+    return cache_dir() / f"{model.name}-{model.sha256[:12]}"
+
+
 def embedded_model_path(name: str) -> Path:
     """Convert an embedded model once (GGUF -> safetensors) and return the cached directory."""
     model = EMBEDDED_MODELS[name]
-    target = cache_dir() / f"{model.name}-{model.sha256[:12]}"
+    target = _embedded_target(model)
     if (target / "config.json").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -146,9 +169,12 @@ def embedded_model_path(name: str) -> Path:
             raise ModelError(
                 f"{gguf}: sha256 {digest} differs from the pinned {model.sha256}; reinstall {model.distribution}=={model.version}"
             )
+        import torch
+
+        transformers = _transformers()
         kwargs = dict(gguf_file=gguf.name)
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, **kwargs)
-        lm = AutoModelForCausalLM.from_pretrained(gguf.parent, dtype=torch.float32, **kwargs)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(gguf.parent, **kwargs)
+        lm = transformers.AutoModelForCausalLM.from_pretrained(gguf.parent, dtype=torch.float32, **kwargs)
         # The weights are dequantized on load; what is saved is a plain float32 model.
         lm.hf_quantizer = None
         if hasattr(lm.config, "quantization_config"):
@@ -175,7 +201,198 @@ def resolve_model(name: str) -> str:
     )
 
 
+MODEL_KINDS = "an embedded model ({embedded}), a local Hugging Face model directory (with config.json), or a hub id 'org/name'"
+_TRUE = {"1", "on", "yes", "true"}
+
+
+def hub_offline() -> bool:
+    """HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) as set now: transformers then reads the local cache only."""
+    return any(os.environ.get(name, "").strip().lower() in _TRUE for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def hub_cache_dir() -> Path:
+    """The Hugging Face hub cache as set now: HF_HUB_CACHE, else HF_HOME/hub, else ~/.cache/huggingface/hub."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    home = os.environ.get("HF_HOME") or Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache") / "huggingface"
+    return Path(home).expanduser() / "hub"
+
+
+def _kinds() -> str:
+    return MODEL_KINDS.format(embedded=", ".join(EMBEDDED_MODELS))
+
+
+def check_models(config: StudyConfig, *, weights: bool = True) -> None:
+    """Resolve every model entry of ``config`` without loading one; a :class:`ModelError` names the entry and the fix.
+
+    Refused: an unknown name (with the embedded name it may have meant), a path that is not a directory holding a
+    Hugging Face model (``/etc``, ``..``: no config.json), a model whose config needs its own Python code while
+    ``trust_remote_code`` is off, or of a model_type this transformers does not know, and two entries that are one model
+    (an embedded name and its converted folder, two spellings of one directory or hub id).
+
+    ``weights``: the study is about to load the models (``donors run``, ``--probe``): an embedded model's package must
+    be installed (unless converted already), a local model must hold safetensors weights, and a hub id must be in the
+    local hub cache when offline (HF_HUB_OFFLINE), or else its config.json (a few KB, never the weights) is fetched to
+    check it exists, is reachable and needs no remote code. Without ``weights`` (``donors plan``) nothing is fetched:
+    a hub id outside the cache is taken as it is.
+    """
+    seen: dict[str, str] = {}
+    for entry in config.models:
+        identity = _check_model(entry, trust_remote_code=config.trust_remote_code, weights=weights)
+        if identity in seen:
+            raise ModelError(
+                f"models: {_quoted(seen[identity])} and {_quoted(entry)} are the same model ({identity}); "
+                "list it once: its adapters and scores would be mixed up"
+            )
+        seen[identity] = entry
+
+
+def _check_model(entry: str, *, trust_remote_code: bool, weights: bool) -> str:
+    """One entry checked; returns what identifies the model it resolves to (to find two entries naming one model)."""
+    if entry in EMBEDDED_MODELS:
+        model = EMBEDDED_MODELS[entry]
+        if weights and not (_embedded_target(model) / "config.json").is_file():
+            _check_installed(model)
+        return f"embedded model {entry}"
+    path = Path(entry).expanduser()
+    if path.exists():
+        return _check_local(entry, path, trust_remote_code=trust_remote_code, weights=weights)
+    near = [name for name in EMBEDDED_MODELS if name.casefold() == entry.casefold()]
+    if near:
+        raise ModelError(f"model {_quoted(entry)} is unknown; the embedded model is spelt {near[0]!r}: write that")
+    if is_hub_id(entry):
+        return _check_hub(entry, trust_remote_code=trust_remote_code, weights=weights)
+    if entry.startswith(("/", ".", "~")) or "/" in entry or os.sep in entry:
+        raise ModelError(
+            f"model {_quoted(entry)}: no such directory ({path.absolute()}); fix the path (relative paths are relative to "
+            f"the working directory, {Path.cwd()}), or name {_kinds()}"
+        )
+    raise ModelError(f"model {_quoted(entry)} is unknown: name {_kinds()}")
+
+
+def _check_local(entry: str, path: Path, *, trust_remote_code: bool, weights: bool) -> str:
+    resolved = path.resolve()
+    for name, model in EMBEDDED_MODELS.items():
+        if resolved == _embedded_target(model).resolve():
+            return f"embedded model {name}"
+    fix = "point at the folder that holds config.json and *.safetensors (as save_pretrained writes them), or name " + _kinds()
+    if not resolved.is_dir():
+        raise ModelError(f"model {_quoted(entry)}: {resolved} is a file, not a model directory; {fix}")
+    if not (resolved / "config.json").is_file():
+        raise ModelError(f"model {_quoted(entry)}: {resolved} is not a Hugging Face model directory (it has no config.json); {fix}")
+    _check_model_config(entry, resolved / "config.json", trust_remote_code=trust_remote_code)
+    if weights and not any(resolved.glob("*.safetensors")):
+        raise ModelError(
+            f"model {_quoted(entry)}: {resolved} holds no *.safetensors weights, and donors loads weights from safetensors "
+            "only (never pickled .bin files); save the model with save_pretrained(..., safe_serialization=True)"
+        )
+    cache = hub_cache_dir().resolve()
+    if resolved.is_relative_to(cache) and len(parts := resolved.relative_to(cache).parts) == 3 and parts[1] == "snapshots":
+        # A snapshot folder of the hub cache is that hub id.
+        return f"hub model {parts[0].removeprefix('models--').replace('--', '/').casefold()}"
+    return f"local model {resolved}"
+
+
+def _check_model_config(entry: str, config_file: Path | str, *, trust_remote_code: bool) -> None:
+    """A model's config.json: readable, of a model_type transformers knows, or needing remote code only if allowed."""
+    try:
+        config = json.loads(Path(config_file).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ModelError(
+            f"model {_quoted(entry)}: {config_file} is not a readable JSON config ({error}); restore the model's files"
+        ) from None
+    if not isinstance(config, dict):
+        raise ModelError(f"model {_quoted(entry)}: {config_file} is not a JSON object; restore the model's files")
+    model_type = config.get("model_type")
+    if model_type is None and "auto_map" not in config:
+        return  # transformers may still tell the architecture from the name; loading says if not
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    if model_type in CONFIG_MAPPING_NAMES:
+        return  # transformers has the code (an auto_map beside it is not needed)
+    version = importlib.metadata.version("transformers")
+    if "auto_map" in config:
+        if trust_remote_code:
+            return
+        raise ModelError(
+            f"model {_quoted(entry)} needs its own Python code (config.json has auto_map, and model_type {model_type!r} is not "
+            f"built into transformers {version}); loading it would run that code. Set trust_remote_code: true in the study "
+            "config if you trust it, or use a model transformers supports"
+        )
+    raise ModelError(
+        f"model {_quoted(entry)}: transformers {version} does not know model_type {model_type!r} ({config_file}); "
+        "upgrade transformers, or use another model"
+    )
+
+
+def _check_hub(entry: str, *, trust_remote_code: bool, weights: bool) -> str:
+    from huggingface_hub import try_to_load_from_cache
+
+    identity = f"hub model {entry.casefold()}"
+    cache = hub_cache_dir()
+    cached = try_to_load_from_cache(entry, "config.json", cache_dir=cache)
+    if isinstance(cached, str):
+        _check_model_config(entry, cached, trust_remote_code=trust_remote_code)
+        if (
+            weights
+            and hub_offline()
+            and not any(
+                isinstance(try_to_load_from_cache(entry, name, cache_dir=cache), str)
+                for name in ("model.safetensors", "model.safetensors.index.json")
+            )
+        ):
+            raise ModelError(
+                f"model {_quoted(entry)}: its config is in the Hugging Face cache ({cache}) but not its safetensors weights, "
+                f"and HF_HUB_OFFLINE is set; download the whole model once where there is network (hf download {entry}), "
+                "or unset HF_HUB_OFFLINE"
+            )
+        return identity
+    if not weights:
+        return identity  # planning fetches nothing: the hub id is checked when the study runs
+    if hub_offline():
+        raise ModelError(
+            f"model {_quoted(entry)} is a hub id, but it is not in the Hugging Face cache ({cache}) and HF_HUB_OFFLINE is "
+            f"set, so it cannot be downloaded; download it once where there is network (hf download {entry}), point "
+            "HF_HOME or HF_HUB_CACHE at a cache that holds it, or unset HF_HUB_OFFLINE"
+        )
+    _check_model_config(entry, _fetch_hub_config(entry, cache), trust_remote_code=trust_remote_code)
+    return identity
+
+
+def _fetch_hub_config(entry: str, cache: Path) -> str:
+    """The hub model's config.json alone, downloaded (a few KB; the weights come when the model is first loaded).
+
+    One HEAD request without retries goes first, so that a machine without network is told so in seconds.
+    """
+    from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
+    from huggingface_hub.errors import GatedRepoError, RemoteEntryNotFoundError, RepositoryNotFoundError
+
+    endpoint = os.environ.get("HF_ENDPOINT") or None
+    try:
+        get_hf_file_metadata(hf_hub_url(entry, "config.json", endpoint=endpoint), timeout=10, endpoint=endpoint)
+        return hf_hub_download(entry, "config.json", cache_dir=cache, endpoint=endpoint)
+    except GatedRepoError:
+        raise ModelError(
+            f"model {_quoted(entry)} is gated on the Hugging Face hub: accept its terms on its page and log in (hf auth login, or HF_TOKEN)"
+        ) from None
+    except RepositoryNotFoundError:
+        raise ModelError(
+            f"model {_quoted(entry)}: no such model on the Hugging Face hub (or it is private: log in with hf auth login); "
+            "check the spelling of 'org/name'"
+        ) from None
+    except RemoteEntryNotFoundError:
+        raise ModelError(f"model {_quoted(entry)}: the hub repository has no config.json, so it is not a transformers model") from None
+    except Exception as error:  # noqa: BLE001 - no network, DNS, a proxy: whatever the hub's HTTP client raises
+        first_line = str(error).splitlines()[0] if str(error) else ""
+        raise ModelError(
+            f"model {_quoted(entry)}: cannot reach the Hugging Face hub to check it ({type(error).__name__}: {_quoted(first_line)}); "
+            f"connect, or download the model once where there is network (hf download {entry}) and set HF_HUB_OFFLINE=1"
+        ) from None
+
+
 def pick_dtype(requested: str = "auto") -> torch.dtype:
+    import torch
+
     if requested == "float32":
         return torch.float32
     if requested == "bfloat16":
@@ -186,11 +403,13 @@ def pick_dtype(requested: str = "auto") -> torch.dtype:
 
 
 def pick_device() -> torch.device:
+    import torch
+
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def load_tokenizer(name: str, *, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model(name), trust_remote_code=trust_remote_code)
+    tokenizer = _transformers().AutoTokenizer.from_pretrained(resolve_model(name), trust_remote_code=trust_remote_code)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -203,7 +422,9 @@ def load_model(name: str, *, dtype: str = "auto", trust_remote_code: bool = Fals
     set): grouped-query attention without copying key/value heads, the same logits.
     """
     path = resolve_model(name)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=pick_dtype(dtype), trust_remote_code=trust_remote_code, use_safetensors=True)
+    model = _transformers().AutoModelForCausalLM.from_pretrained(
+        path, dtype=pick_dtype(dtype), trust_remote_code=trust_remote_code, use_safetensors=True
+    )
     device = pick_device()
     if device.type == "cpu":
         # torch's CPU attention takes grouped-query heads with a padding mask as they are; without
@@ -229,7 +450,7 @@ def causal_lm_parts(model) -> tuple[torch.nn.Module, torch.nn.Module, float | No
 
 def soft_cap(logits: torch.Tensor, softcap: float | None) -> torch.Tensor:
     """Final-logit soft-capping (Gemma's ``tanh(x / c) * c``); the logits as they are without a cap."""
-    return torch.tanh(logits / softcap) * softcap if softcap else logits
+    return (logits / softcap).tanh() * softcap if softcap else logits
 
 
 def head_logits(
