@@ -69,8 +69,10 @@ RANKS = (0, 1, 2, 3)
 """Candidate ranks of the source x target factor term."""
 MAIN_RIDGE = 1e-6
 """Penalty of the additive terms: only there to make the collinear one-hot columns solvable."""
-FACTOR_RIDGE = 1.0
-FACTOR_ITERATIONS = 25
+FACTOR_RIDGE = 0.3
+CELL_LOADING_RIDGE = 10.0
+FACTOR_ITERATIONS = 8
+BACKFIT_ROUNDS = 6
 MIN_CALIBRATION = 40
 """Fewest residuals a calibration group needs before a coarser group is used instead."""
 
@@ -265,9 +267,9 @@ def _design(kind: str, grid: Grid, m, s, t) -> tuple[sparse.csr_matrix, np.ndarr
     return design, penalised
 
 
-def _ridge(gram: np.ndarray, moment: np.ndarray, penalised: np.ndarray, ridge: float) -> np.ndarray:
-    penalty = np.where(penalised, ridge, MAIN_RIDGE)
-    return linalg.solve(gram + np.diag(penalty), moment, assume_a="pos")
+def _ridge(gram: np.ndarray, penalised: np.ndarray, ridge: float):
+    """Cholesky factor of the penalised normal equations, to solve for several right-hand sides."""
+    return linalg.cho_factor(gram + np.diag(np.where(penalised, ridge, MAIN_RIDGE)))
 
 
 # --- the low-rank part ----------------------------------------------------------------------
@@ -289,7 +291,7 @@ def _outer(loadings: np.ndarray) -> np.ndarray:
     return (loadings[:, :, None] * loadings[:, None, :]).reshape(len(loadings), -1)
 
 
-def _fit_factors(grid: Grid, s: np.ndarray, t: np.ndarray, residual: np.ndarray, rank: int) -> _Factors:
+def _fit_factors(grid: Grid, s: np.ndarray, t: np.ndarray, residual: np.ndarray, rank: int, start: _Factors | None = None) -> _Factors:
     """Alternating ridge least squares of the residuals' source x target means, weighted by their counts.
 
     Shared across models: with a few sources per model, only the pooled residuals say
@@ -303,8 +305,14 @@ def _fit_factors(grid: Grid, s: np.ndarray, t: np.ndarray, residual: np.ndarray,
     # z(s): indicator of the source's task, language and cell; u(s) = z(s) @ W.
     z = np.hstack([np.eye(len(grid.tasks))[grid.cell_task], np.eye(len(grid.languages))[grid.cell_language], np.eye(n_cells)])
     width = z.shape[1]
-    left, values, right = np.linalg.svd(total / np.maximum(count, 1))
-    target = right[:rank].T * np.sqrt(values[:rank])
+    # A source's own loading is penalised harder than its task's and language's: only those
+    # carry over to a source never measured, so they should explain what they can.
+    penalty = np.concatenate([np.full(width - n_cells, FACTOR_RIDGE), np.full(n_cells, CELL_LOADING_RIDGE)])
+    if start is None:
+        _, values, right = np.linalg.svd(total / np.maximum(count, 1))
+        target = right[:rank].T * np.sqrt(values[:rank])
+    else:
+        target = start.target
     eye = np.eye(rank)
     for _ in range(FACTOR_ITERATIONS):
         gram = (count @ _outer(target)).reshape(n_cells, rank * rank)
@@ -312,7 +320,7 @@ def _fit_factors(grid: Grid, s: np.ndarray, t: np.ndarray, residual: np.ndarray,
         lhs = (z.T @ (z[:, :, None] * gram[:, None, :]).reshape(n_cells, -1)).reshape(width, width, rank, rank)
         lhs = lhs.transpose(0, 2, 1, 3).reshape(width * rank, width * rank)
         rhs = (z.T @ (total @ target)).ravel()
-        loadings = linalg.solve(lhs + FACTOR_RIDGE * np.eye(width * rank), rhs, assume_a="pos").reshape(width, rank)
+        loadings = linalg.solve(lhs + np.diag(np.repeat(penalty, rank)), rhs, assume_a="pos").reshape(width, rank)
         source = z @ loadings
         gram = (count.T @ _outer(source)).reshape(n_cells, rank, rank) + FACTOR_RIDGE * eye
         target = np.linalg.solve(gram, (total.T @ source)[..., None])[..., 0]
@@ -342,10 +350,16 @@ def _fit_candidates(kind: str, data: _Data, ridges: Sequence[float], ranks: Sequ
     moment = design.T @ data.delta
     fits = {}
     for ridge in ridges:
-        beta = _ridge(gram, moment, penalised, ridge)
-        residual = data.delta - design @ beta
+        cholesky = _ridge(gram, penalised, ridge)
+        linear = linalg.cho_solve(cholesky, moment)
         for rank in ranks:
-            fits[ridge, rank] = _Fit(kind, data.grid, beta, _fit_factors(data.grid, data.source, data.target, residual, rank))
+            # Backfitting: the linear part fitted beside the interaction, not before it, so that
+            # it does not soak up the part of u . v that an unbalanced design projects onto it.
+            beta, factors = linear, None
+            for _ in range(BACKFIT_ROUNDS if rank else 1):
+                factors = _fit_factors(data.grid, data.source, data.target, data.delta - design @ beta, rank, factors)
+                beta = linalg.cho_solve(cholesky, design.T @ (data.delta - factors(data.source, data.target)))
+            fits[ridge, rank] = _Fit(kind, data.grid, beta, factors)
     return fits
 
 
@@ -623,8 +637,9 @@ def cross_validate(results, k: int = 5, *, per_model: bool = False, seed: int = 
 
 DESIGN_RIDGE = 3.0
 """Prior precision of the interaction terms when choosing sources (a typical chosen ridge)."""
-DESIGN_MAIN_RIDGE = 1e-2
-"""Prior precision of the additive terms when choosing sources: vague, so uncovered tasks and languages come first."""
+DESIGN_MAIN_RIDGE = 1.0
+"""Prior precision of the additive terms when choosing sources: effects about the size of the noise (1 pp), as in
+published studies. A vaguer prior makes the criterion chase the intercept's confounded directions and repeat a language."""
 
 
 def _measured_pairs(frame: pd.DataFrame | None, grid: Grid) -> np.ndarray:
