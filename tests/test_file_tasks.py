@@ -339,3 +339,143 @@ def test_bad_options_name_the_task_and_the_fix(options: dict[str, Any], expected
     with pytest.raises(DataError) as error:
         quiz_task(**{"path": "data/{language}/{split}.jsonl", **options})
     assert "task 'quiz'" in str(error.value) and expected in str(error.value)
+
+
+# --- hostile files (issue 17, item 12): every bad file is named with its row, within documented limits -------
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".tsv", ".jsonl"])
+def test_a_file_that_is_not_utf8_names_the_file_and_line(tmp_path: Path, suffix: str) -> None:
+    path = write_quiz(tmp_path, suffix=suffix)
+    target = tmp_path / "en" / f"train{suffix}"
+    lines = target.read_bytes().splitlines(keepends=True)
+    lines[2] = lines[2].replace(b"[en]", "[en] café".encode("latin-1"))  # what a spreadsheet's plain "CSV" saves
+    target.write_bytes(b"".join(lines))
+    message = raised(quiz_task(path), ("en", "train"))
+    assert f"{target}, line 3: not UTF-8 text (byte 0xe9" in message and "save the file as UTF-8" in message
+
+
+def test_a_labels_file_that_is_not_utf8_is_named(tmp_path: Path) -> None:
+    labels = tmp_path / "labels.txt"
+    labels.write_bytes(b"sport\nsant\xe9\n")
+    with pytest.raises(DataError, match=rf"{labels}, line 2: not UTF-8 text"):
+        quiz_task(write_quiz(tmp_path), labels=str(labels), columns={"id": "qid", "question": "stem", "answer": "letter"})
+
+
+def test_more_choices_than_letters_is_a_bad_row_not_an_index_error(tmp_path: Path) -> None:
+    path = write_quiz(tmp_path)
+    rows = quiz_rows("en", range(1, 5))
+    rows[1]["options"] = [str(n) for n in range(12)]
+    write_rows(tmp_path / "en" / "train.jsonl", rows)
+    columns = {"id": "qid", "question": "stem", "choices": "options", "answer": "letter"}
+    message = raised(quiz_task(path, columns=columns), ("en", "train"))
+    assert f"{tmp_path / 'en' / 'train.jsonl'}, line 2 (id 'q2'): 12 choices; an item has 2 to 10" in message
+    rows[1]["options"] = ["only one"]
+    write_rows(tmp_path / "en" / "train.jsonl", rows)
+    assert "line 2 (id 'q2'): 1 choices; an item has 2 to 10" in raised(quiz_task(path, columns=columns), ("en", "train"))
+    with pytest.raises(DataError, match=r"task 'quiz': columns.choices lists 11 columns; an item has at most 10 choices"):
+        quiz_task(path, columns={**columns, "choices": [f"c{n}" for n in range(11)]})
+
+
+def test_duplicate_choices_within_an_item_are_a_bad_row(tmp_path: Path) -> None:
+    path = write_quiz(tmp_path, suffix=".csv")
+    rows = quiz_rows("de", range(1, 5))
+    rows[3]["d"] = rows[3]["b"]
+    write_rows(tmp_path / "de" / "train.csv", rows)
+    message = raised(quiz_task(path), ("de", "train"))
+    assert f"{tmp_path / 'de' / 'train.csv'}, line 5 (id 'q4'): choices B and D are both '6'" in message
+    assert "ambiguous" in message and "skip_bad_rows" in message
+
+
+@pytest.mark.parametrize(
+    "choice, said",
+    [
+        ({"text": "4"}, "choice 2 of column 'options' is a dict"),
+        (["4"], "choice 2 of column 'options' is a list"),
+        (0.5, "choice 2 of column 'options' is a float (0.5), not text; write each choice as a string"),
+        (True, "choice 2 of column 'options' is a bool"),
+        (None, "a choice is empty: ['1', '', '3']"),
+    ],
+)
+def test_a_choice_that_is_not_text_is_a_bad_row(tmp_path: Path, choice: Any, said: str) -> None:
+    path = write_quiz(tmp_path)
+    rows = quiz_rows("en", range(1, 5))
+    rows[0]["options"] = ["1", choice, "3"]
+    write_rows(tmp_path / "en" / "train.jsonl", rows)
+    columns = {"id": "qid", "question": "stem", "choices": "options", "answer": "position"}
+    message = raised(quiz_task(path, columns=columns, answer_type="index"), ("en", "train"))
+    assert f"line 1 (id 'q1'): {said}" in message
+
+
+def test_non_text_in_choice_or_question_columns_is_a_bad_row(tmp_path: Path) -> None:
+    path = write_quiz(tmp_path)
+    rows = quiz_rows("en", range(1, 5))
+    rows[2]["c"] = {"nested": True}
+    write_rows(tmp_path / "en" / "train.jsonl", rows)
+    assert "line 3 (id 'q3'): choice column 'c' is a dict" in raised(quiz_task(path), ("en", "train"))
+    rows = quiz_rows("en", range(1, 5))
+    rows[2]["stem"] = ["a", "list"]
+    write_rows(tmp_path / "en" / "train.jsonl", rows)
+    assert "line 3 (id 'q3'): question column 'stem' holds a list" in raised(quiz_task(path), ("en", "train"))
+    # Integers are text enough: a choice 4 reads as "4", as before.
+    rows = quiz_rows("en", range(1, 5))
+    rows[0]["a"] = 2
+    write_rows(tmp_path / "en" / "train.jsonl", rows)
+    assert quiz_task(path).load("en", "train")[0].choices[0] == "2"
+
+
+def test_ragged_csv_rows_are_bad_rows_a_trailing_delimiter_is_not(tmp_path: Path) -> None:
+    path = write_quiz(tmp_path, suffix=".csv")
+    target = tmp_path / "en" / "train.csv"
+    lines = target.read_text(encoding="utf-8").splitlines()
+    lines[2] = lines[2].replace("[en] 2 + 1 =", "[en] 2, + 1 =")  # an unquoted comma: one field too many
+    lines[3] = ",".join(lines[3].split(",")[:3])  # fields missing
+    lines[4] += ","  # a trailing delimiter: an empty extra field, harmless
+    target.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    header = len(lines[0].split(","))
+    message = raised(quiz_task(path), ("en", "train"))
+    assert f"{target}, line 3 (id 'q2'): {header + 1} fields where the header has {header}" in message
+    assert "must be in double quotes" in message
+    items = quiz_task(path, skip_bad_rows=True).load("en", "train")
+    assert [item.id for item in items] == ["q1", "q4"]
+
+
+def test_over_long_items_are_refused_or_skipped_and_counted_never_cut(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from donors.tasks.files import MAX_CHOICE_CHARS, MAX_ITEM_CHARS, MAX_LINE_CHARS, MAX_QUESTION_CHARS
+
+    path = write_quiz(tmp_path)
+    rows = quiz_rows("en", range(1, 7))
+    rows[0]["stem"] = "q" * (MAX_QUESTION_CHARS + 1)
+    rows[1]["b"] = "c" * (MAX_CHOICE_CHARS + 1)
+    rows[2]["stem"] = "q" * MAX_QUESTION_CHARS
+    rows[2]["b"] = "c" * MAX_CHOICE_CHARS  # each within its limit, the whole item over
+    rows[3]["stem"] = "q" * MAX_QUESTION_CHARS  # within every limit: kept whole
+    write_rows(tmp_path / "en" / "train.jsonl", rows)
+    with (tmp_path / "en" / "train.jsonl").open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps({**quiz_rows("en", range(9, 10))[0], "stem": "x" * MAX_LINE_CHARS}) + "\n")
+    message = raised(quiz_task(path), ("en", "train"))
+    assert f"line 1 (id 'q1'): the question is {MAX_QUESTION_CHARS + 1:,} characters; at most {MAX_QUESTION_CHARS:,}" in message
+    task = quiz_task(path, skip_bad_rows=True)
+    with caplog.at_level(logging.WARNING, logger="donors.tasks.files"):
+        items = task.load("en", "train")
+    assert [item.id for item in items] == ["q4", "q5", "q6"] and task.skipped[("en", "train")] == 4
+    assert len(items[0].question) == MAX_QUESTION_CHARS
+    assert "skipped 4 of 7 rows" in caplog.text
+    assert f"line 2 (id 'q2'): choice B is {MAX_CHOICE_CHARS + 1:,} characters" in caplog.text
+    assert f"line 3 (id 'q3'): the item (question and choices) is {MAX_QUESTION_CHARS + MAX_CHOICE_CHARS + 3:,} characters" in caplog.text
+    assert MAX_ITEM_CHARS <= MAX_QUESTION_CHARS + MAX_CHOICE_CHARS  # the case above is possible
+    write_rows(tmp_path / "en" / "train.jsonl", quiz_rows("en", range(1, 3)))
+    huge = json.dumps({"qid": "q9", "stem": "x" * MAX_LINE_CHARS}) + "\n"
+    with (tmp_path / "en" / "train.jsonl").open("a", encoding="utf-8") as handle:
+        handle.write(huge)
+    message = raised(quiz_task(path), ("en", "train"))
+    assert f"line 3: the line is {len(huge):,} characters; at most {MAX_LINE_CHARS:,}, left unread" in message
+
+
+def test_a_huge_csv_field_names_the_file_and_line(tmp_path: Path) -> None:
+    path = write_quiz(tmp_path, suffix=".csv")
+    target = tmp_path / "en" / "train.csv"
+    with target.open("a", encoding="utf-8") as handle:
+        handle.write('q99,"' + "x" * 200_000 + '",1,2,3,4,A,"[]",0\n')
+    message = raised(quiz_task(path), ("en", "train"))
+    assert f"{target}, line 6: cannot be read as CSV (field larger than field limit" in message

@@ -20,11 +20,19 @@ a :class:`DataError` naming the file and the row, unless the user opts into skip
 rows, and then the count is logged and kept in ``task.skipped``. The checks that keep a
 split usable (rows left, unique ids, disjoint from the other split, test ids parallel across
 languages) run here too, where a message can still name files and lines.
+
+Limits (docs/local-tasks.md): 2 to 10 choices an item (the letters A-J); at most
+:data:`MAX_QUESTION_CHARS` characters of question, :data:`MAX_CHOICE_CHARS` of each choice and
+:data:`MAX_ITEM_CHARS` of the whole item; a JSON Lines line of at most :data:`MAX_LINE_CHARS`.
+A row over a limit is a bad row like any other: it stops the study with the file, the row, the
+field and the limit, or, with ``skip_bad_rows``, is skipped and counted. Nothing is ever cut.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
+import io
 import json
 import logging
 import math
@@ -36,7 +44,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
-from donors.errors import describe_validation_error
+from donors.errors import _quoted, describe_validation_error
 from donors.tasks.data import DataError
 from donors.tasks.item import LETTERS, SPLITS, Item, Split
 from donors.tasks.registry import register_task
@@ -47,6 +55,17 @@ SKIP_HINT = "fix the row, or set skip_bad_rows: true in the task's options to sk
 FORMAT_OF_SUFFIX = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "tsv", ".parquet": "parquet"}
 
 FileFormat = Literal["jsonl", "csv", "tsv", "parquet"]
+
+MIN_CHOICES, MAX_CHOICES = 2, len(LETTERS)
+"""Choices an item may have: one letter each, A to J."""
+MAX_QUESTION_CHARS = 10_000
+"""Characters of an item's question (its template applied): some 2,500 tokens, far beyond what training keeps."""
+MAX_CHOICE_CHARS = 2_000
+"""Characters of one choice."""
+MAX_ITEM_CHARS = 12_000
+"""Characters of a whole item: question, choices and training target together."""
+MAX_LINE_CHARS = 1_000_000
+"""Characters of one JSON Lines line; a longer one is refused unread (a 50 MB line would take minutes to tokenise)."""
 
 
 class BadRow(ValueError):
@@ -63,6 +82,8 @@ class Row:
 
     values: Mapping[str, Any]
     position: str
+    problem: str | None = None
+    """Why the row as read cannot be an item (a CSV row with fields missing); it is then a bad row."""
 
 
 @dataclass(frozen=True)
@@ -107,6 +128,48 @@ def as_index(value: Any) -> int | None:
         return value
     cell = text(value)
     return int(cell) if cell.isdigit() else None
+
+
+def choice_text(value: Any, which: str) -> str:
+    """A choice cell as stripped text: a string or an integer; missing (None, NaN) reads as empty.
+
+    A float, a boolean, a list or a mapping is refused: ``0.1 + 0.2`` would show as 0.30000000000000004, ``true`` as
+    True, a nested list as its Python spelling.
+    """
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise BadRow(f"{which} is a {type(value).__name__} ({_quoted(value)}), not text; write each choice as a string")
+    return str(value).strip()
+
+
+def check_choices(choices: Sequence[str]) -> None:
+    """2 to 10 choices (the letters A-J), all different: two equal choices make the answer ambiguous."""
+    if not MIN_CHOICES <= len(choices) <= MAX_CHOICES:
+        raise BadRow(
+            f"{len(choices)} choices; an item has {MIN_CHOICES} to {MAX_CHOICES}, one letter each (A-{LETTERS[-1]}): "
+            "split the row or drop choices"
+        )
+    seen: dict[str, int] = {}
+    for index, choice in enumerate(choices):
+        if choice and (first := seen.setdefault(choice, index)) != index:
+            raise BadRow(
+                f"choices {LETTERS[first]} and {LETTERS[index]} are both {_quoted(choice)}; an item's choices must differ, "
+                "or the answer is ambiguous"
+            )
+
+
+def check_lengths(parsed: Parsed) -> None:
+    """The item's size within the documented limits; a row over one is a bad row (never cut)."""
+    if len(parsed.question) > MAX_QUESTION_CHARS:
+        raise BadRow(f"the question is {len(parsed.question):,} characters; at most {MAX_QUESTION_CHARS:,}: shorten it")
+    for index, choice in enumerate(parsed.choices):
+        if len(choice) > MAX_CHOICE_CHARS:
+            letter = LETTERS[index] if index < len(LETTERS) else str(index + 1)
+            raise BadRow(f"choice {letter} is {len(choice):,} characters; at most {MAX_CHOICE_CHARS:,}: shorten it")
+    total = len(parsed.question) + sum(map(len, parsed.choices)) + len(parsed.target_text or "")
+    if total > MAX_ITEM_CHARS:
+        raise BadRow(f"the item (question and choices) is {total:,} characters; at most {MAX_ITEM_CHARS:,}: shorten it")
 
 
 def _listed(ids: Sequence[str], positions: Mapping[str, str], limit: int = 3) -> str:
@@ -210,6 +273,8 @@ class RowTask:
         return f"{row.position} (id {item_id!r})" if item_id else row.position
 
     def _item(self, row: Row, language: str) -> Item:
+        if row.problem:
+            raise BadRow(row.problem)
         item_id = text(row.values.get(self.id_column))
         if not item_id:
             raise BadRow(f"no id in column {self.id_column!r}")
@@ -217,7 +282,8 @@ class RowTask:
         if not parsed.question:
             raise BadRow("the question is empty")
         if not all(parsed.choices):
-            raise BadRow(f"a choice is empty: {list(parsed.choices)}")
+            raise BadRow(f"a choice is empty: {_quoted(list(parsed.choices))}")
+        check_lengths(parsed)
         try:
             return Item(
                 id=item_id,
@@ -330,30 +396,69 @@ def _resolve(path: str, base_dir: Path) -> Path:
     return resolved if resolved.is_absolute() else base_dir / resolved
 
 
+def read_text(path: Path) -> str:
+    """A whole file as UTF-8 text (a byte-order mark is allowed); other bytes stop with the line they are on."""
+    data = path.read_bytes()
+    bom = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
+    try:
+        return data[bom:].decode("utf-8")
+    except UnicodeDecodeError as error:
+        offset = bom + error.start
+        line = data[:offset].count(b"\n") + 1
+        raise DataError(
+            f"{path}, line {line}: not UTF-8 text (byte 0x{data[offset]:02x} at offset {offset:,}); save the file as UTF-8 "
+            "(a spreadsheet's 'CSV UTF-8'), or convert it, e.g. iconv -f latin1 -t utf-8"
+        ) from None
+
+
 def read_delimited(path: Path, delimiter: str) -> Table:
-    """CSV or TSV with a header row; positions are the file's 1-based line numbers."""
-    with path.open(encoding="utf-8-sig", newline="") as handle:
-        reader = csv.DictReader(handle, delimiter=delimiter)
-        rows = [Row(values, f"line {reader.line_num}") for values in reader]
-        return Table(str(path), tuple(reader.fieldnames or ()), rows)
+    """CSV or TSV with a header row; positions are the file's 1-based line numbers.
+
+    A row with fewer fields than the header is a bad row; extra fields are too, unless they are empty (a trailing
+    delimiter).
+    """
+    reader = csv.reader(io.StringIO(read_text(path), newline=""), delimiter=delimiter)
+    rows: list[Row] = []
+    try:
+        header = next(reader, [])
+        for fields in reader:
+            if not fields:
+                continue  # an empty line, as csv.DictReader skips it
+            position = f"line {reader.line_num}"
+            values = dict(zip(header, fields))
+            problem = None
+            if len(fields) < len(header) or any(field.strip() for field in fields[len(header) :]):
+                problem = (
+                    f"{len(fields)} fields where the header has {len(header)}; a cell that holds the delimiter "
+                    f"({delimiter!r}) or a line break must be in double quotes"
+                )
+            rows.append(Row(values, position, problem))
+    except csv.Error as error:
+        raise DataError(
+            f"{path}, line {reader.line_num}: cannot be read as {'TSV' if delimiter == chr(9) else 'CSV'} ({error}); a field holds at "
+            f"most {csv.field_size_limit():,} characters and no NUL byte: fix the file there"
+        ) from None
+    return Table(str(path), tuple(header), rows)
 
 
 def read_jsonl(path: Path) -> Table:
     """One JSON object a line; blank lines are allowed, a line that is not an object is not."""
     rows: list[Row] = []
     columns: dict[str, None] = {}
-    with path.open(encoding="utf-8-sig") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                values = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise DataError(f"{path}, line {number}: not valid JSON ({error.msg}); write one JSON object per line") from None
-            if not isinstance(values, dict):
-                raise DataError(f"{path}, line {number}: a JSON {type(values).__name__}, not an object; write one JSON object per line")
-            columns.update(dict.fromkeys(values))
-            rows.append(Row(values, f"line {number}"))
+    for number, line in enumerate(io.StringIO(read_text(path)), start=1):
+        if not line.strip():
+            continue
+        if len(line) > MAX_LINE_CHARS:
+            rows.append(Row({}, f"line {number}", f"the line is {len(line):,} characters; at most {MAX_LINE_CHARS:,}, left unread"))
+            continue
+        try:
+            values = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise DataError(f"{path}, line {number}: not valid JSON ({error.msg}); write one JSON object per line") from None
+        if not isinstance(values, dict):
+            raise DataError(f"{path}, line {number}: a JSON {type(values).__name__}, not an object; write one JSON object per line")
+        columns.update(dict.fromkeys(values))
+        rows.append(Row(values, f"line {number}"))
     return Table(str(path), tuple(columns), rows)
 
 
@@ -385,7 +490,7 @@ def read_labels(labels: list[str] | str, base_dir: Path) -> tuple[str, ...]:
     path = _resolve(labels, base_dir)
     if not path.is_file():
         raise DataError(f"{path}: no such labels file; labels is a list, or a file with one label a line")
-    return tuple(line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip())
+    return tuple(line.strip() for line in read_text(path).splitlines() if line.strip())
 
 
 class FileTask(RowTask):
@@ -405,6 +510,11 @@ class FileTask(RowTask):
         self._template_columns = [field for field in _fields(options.question_template) if field != "question"]
         self._check_path_pattern()
         self._check_labels()
+        if len(_as_list(options.columns.choices)) > MAX_CHOICES:
+            raise DataError(
+                f"task {name!r}: columns.choices lists {len(_as_list(options.columns.choices))} columns; an item has at most "
+                f"{MAX_CHOICES} choices, one letter each (A-{LETTERS[-1]})"
+            )
 
     def _format_from_suffix(self) -> FileFormat:
         suffix = Path(self.path_pattern).suffix.lower()
@@ -468,9 +578,14 @@ class FileTask(RowTask):
 
     def parse_row(self, values: Mapping[str, Any], language: str) -> Parsed:
         choices = self._choices(values, language)
+        check_choices(choices)
         return Parsed(self._question(values), choices, self._answer_index(values, choices))
 
     def _question(self, values: Mapping[str, Any]) -> str:
+        for column in _as_list(self.options.columns.question):
+            if isinstance(values.get(column), (bool, list, dict)):
+                value = values[column]
+                raise BadRow(f"question column {column!r} holds a {type(value).__name__} ({_quoted(value)}), not text")
         joined = self.options.question_separator.join(text(values.get(c)) for c in _as_list(self.options.columns.question)).strip()
         if not joined:
             raise BadRow(f"the question column {self.options.columns.question!r} is empty")
@@ -483,8 +598,9 @@ class FileTask(RowTask):
             return tuple(text(names.get(label, label)) for label in self.labels)
         columns = self.options.columns.choices
         if isinstance(columns, list):
-            return tuple(text(values.get(column)) for column in columns)
-        return tuple(text(choice) for choice in _list_cell(values.get(columns), columns))
+            return tuple(choice_text(values.get(column), f"choice column {column!r}") for column in columns)
+        cell = _list_cell(values.get(columns), columns)
+        return tuple(choice_text(choice, f"choice {number} of column {columns!r}") for number, choice in enumerate(cell, start=1))
 
     def _answer_index(self, values: Mapping[str, Any], choices: tuple[str, ...]) -> int:
         column = self.options.columns.answer
