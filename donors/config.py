@@ -19,7 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from donors.errors import DonorsError, _quoted, describe_validation_error
-from donors.grid import STUDY_LANGUAGES
+from donors.grid import STUDY_LANGUAGES, path_component
 
 PAPER_SEEDS = (17, 42, 101)
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -33,30 +33,12 @@ class ConfigError(DonorsError, ValueError):
 # that no name can point a write outside the study (``../..``, ``/abs``) or make a folder a filesystem refuses.
 MAX_TASK_NAME = 64
 MAX_MODEL_ENTRY = 1024
-MAX_COMPONENT = 120
-"""Characters of a folder name made from a model entry (filesystems allow 255 bytes)."""
 _TASK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-_SAFE_COMPONENT = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
 _HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
 TASK_NAME_RULE = (
     f"a task name is a folder of the study: use letters A-Z a-z, digits, '_', '-' and '.', start with a letter or a digit, "
     f"at most {MAX_TASK_NAME} characters (e.g. my_task-v2)"
 )
-
-
-def path_component(name: str) -> str:
-    """The one folder name a model entry (or any other name) becomes: never ``..``, a path, or a control character.
-
-    An embedded model or a hub id keeps the spelling adapter folders always had ('org/name' -> 'org__name'); so does a
-    local path made only of letters, digits, '.', '_', '-' and '/' ('/models/llama' -> '__models__llama'). Any other
-    name (a leading dot, spaces, other characters, very long) is cut to those characters, with the first 8 hex digits of
-    its SHA-256 appended so two entries never share a folder: './my model' -> 'my_model-<hash>'.
-    """
-    plain = name.replace("/", "__")
-    if _SAFE_COMPONENT.fullmatch(plain) and len(plain) <= MAX_COMPONENT:
-        return plain
-    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", plain).lstrip("._")[: MAX_COMPONENT - 9] or "name"
-    return f"{cleaned}-{hashlib.sha256(name.encode('utf-8', 'surrogatepass')).hexdigest()[:8]}"
 
 
 def is_hub_id(name: str) -> bool:

@@ -3,10 +3,31 @@
 from __future__ import annotations
 
 import enum
+import hashlib
 import re
 from dataclasses import dataclass
 
 import numpy as np
+
+MAX_COMPONENT = 120
+"""Characters of a folder or file name made from a model entry or other name (filesystems allow 255 bytes)."""
+_SAFE_COMPONENT = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
+
+
+def path_component(name: str) -> str:
+    """The one folder name a model entry (or any other name) becomes: never ``..``, a path, or a control character.
+
+    An embedded model or a hub id keeps the spelling adapter folders always had ('org/name' -> 'org__name'); so does a
+    local path made only of letters, digits, '.', '_', '-' and '/' ('/models/llama' -> '__models__llama'). Any other
+    name (a leading dot, spaces, other characters, very long) is cut to those characters, with the first 8 hex digits of
+    its SHA-256 appended so two entries never share a folder: './my model' -> 'my_model-<hash>'.
+    """
+    plain = name.replace("/", "__")
+    if _SAFE_COMPONENT.fullmatch(plain) and len(plain) <= MAX_COMPONENT:
+        return plain
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", plain).lstrip("._")[: MAX_COMPONENT - 9] or "name"
+    return f"{cleaned}-{hashlib.sha256(name.encode('utf-8', 'surrogatepass')).hexdigest()[:8]}"
+
 
 STUDY_LANGUAGES = ("ar", "bn", "de", "en", "es", "fr", "hi", "id", "it", "pt", "zh")
 """The published grid's eleven languages, in the order its tables use."""

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from donors.config import ConfigError, StudyConfig
-from donors.grid import Cell
+from donors.grid import Cell, path_component
 from donors.records import ModelState, eval_job_id
 
 
@@ -37,8 +37,7 @@ class TrainJob:
         they would train the very same one. The path must stay inside ``storage_dir``.
         """
         storage_dir = Path(storage_dir)
-        safe_model = self.model.replace("/", "__")
-        path = storage_dir / "adapters" / safe_model / self.source.task / self.source.language / f"seed{self.seed}-{key}"
+        path = storage_dir / "adapters" / path_component(self.model) / self.source.task / self.source.language / f"seed{self.seed}-{key}"
         if not path.resolve().is_relative_to(storage_dir.resolve()):
             raise ConfigError(f"the adapter of {self.job_id} would be written to {path}, outside {storage_dir}; rename the model or task")
         return path

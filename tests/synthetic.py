@@ -167,8 +167,9 @@ def published_statistics_table(seed: int = 0) -> pd.DataFrame:
     """A 17,424-row table whose section-5 statistics equal the published ones.
 
     In each regime the harmful rows are -2, the other non-positive rows 0, and the positive
-    rows 0.25 except one that carries the rest of the regime's sum; the transfer median is
-    then 0.25, and every mean, positive rate and harm rate matches the release.
+    rows 0.25 except the last few, which share the rest of the regime's sum equally (each
+    below 100 pp, so every value is a possible Δ); the transfer median is then 0.25, and every
+    mean, positive rate and harm rate matches the release.
     """
     rng = np.random.default_rng(seed)
     frame = grid()
@@ -178,7 +179,9 @@ def published_statistics_table(seed: int = 0) -> pd.DataFrame:
         values = np.zeros(n)
         values[:n_harm] = -2.0
         values[n - n_pos :] = 0.25
-        values[-1] = PUBLISHED_REGIME_MEANS[regime] * n - values[:-1].sum()
+        rest = PUBLISHED_REGIME_MEANS[regime] * n - values.sum()
+        carriers = int(np.ceil(rest / 90))
+        values[n - carriers :] += rest / carriers
         rows = np.flatnonzero(frame["regime"].to_numpy() == regime)
         delta[rows] = rng.permutation(values)
     return with_scores(frame, delta, seed)
@@ -208,7 +211,7 @@ def published_text_table(seed: int = 0, per_regime: int = 3) -> pd.DataFrame:
     """:func:`published_statistics_table` with Δ as text, as the release's CSV held it.
 
     In each regime ``per_regime`` harmful rows read ``-0.9999999999999999`` instead of -2,
-    the regime's one large positive row taking up the difference, and every other Δ is its
+    one of the regime's large positive rows taking up the difference, and every other Δ is its
     ``repr``. Read as pandas 2.3.3 read it (-1.0) the table gives the published section-5
     values; read exactly, each regime loses ``per_regime`` harmful rows.
     """
@@ -219,7 +222,7 @@ def published_text_table(seed: int = 0, per_regime: int = 3) -> pd.DataFrame:
     for name in PUBLISHED_REGIME_COUNTS:
         rows = np.flatnonzero(regime == name)
         harmful = rows[delta[rows] == -2.0][:per_regime]
-        (carry,) = rows[(delta[rows] > 0) & (delta[rows] != 0.25)]
+        carry = rows[(delta[rows] > 0) & (delta[rows] != 0.25)][0]
         text[harmful] = ULP_ABOVE_MINUS_ONE
         text[carry] = repr(float(delta[carry] - len(harmful)))  # each -2 -> -1 added 1
     table["delta_score_norm_mean"] = text

@@ -51,13 +51,30 @@ def test_text_that_a_spreadsheet_would_execute_is_made_inert_and_numbers_are_not
     assert pd.read_csv(saved)["bucket"].tolist() == ["'=bad"]
 
 
-def test_infinite_deltas_are_refused_with_their_rows_and_missing_ones_are_skipped(tmp_path):
-    good = results_rows([1.0, -2.0, float("nan")])
+def test_deltas_no_score_difference_can_be_are_refused_with_their_rows_and_missing_ones_are_skipped(tmp_path):
+    good = results_rows([1.0, -100.0, float("nan"), 100.0])
     assert load_results_table(good)["delta_score_norm_mean"].isna().sum() == 1
-    for bad in (float("inf"), -float("inf")):
+    for bad in (float("inf"), -float("inf"), 1e308, -100.5):
         path = tmp_path / "bad.csv"
         results_rows([1.0, bad, 2.0]).to_csv(path, index=False)
         with pytest.raises(
-            ResultsTableError, match=r"bad.csv: 1 row\(s\) have an infinite delta_score_norm_mean \(row 3: m-1B/qa/de/qa/fr = -?inf\)"
+            ResultsTableError,
+            match=r"bad.csv: 1 row\(s\) have a delta_score_norm_mean that is infinite or beyond ±100 pp.*\(row 3: m-1B/qa/de/qa/fr = ",
         ):
             load_results_table(path)
+
+
+def test_model_names_that_look_like_paths_never_write_outside_the_output(tmp_path):
+    from donors import api
+
+    rows = results_rows([1.0, -2.0, 0.5, 3.0])
+    rows["model_name"] = "../../escaped/m-1B"
+    rows["regime"] = "MT-CL"
+    table = tmp_path / "in" / "results.csv"
+    table.parent.mkdir()
+    rows.to_csv(table, index=False)
+    out = tmp_path / "deep" / "out"
+    api.analyze(table, out)
+    written = [p for p in tmp_path.rglob("*") if p.is_file() and p != table]
+    assert written and all(p.resolve().is_relative_to(out.resolve()) for p in written)
+    assert not (tmp_path / "escaped").exists()

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from donors.config import MAX_COMPONENT, ConfigError, config_from_dict, load_config, path_component
+from donors.config import ConfigError, config_from_dict, load_config
+from donors.grid import MAX_COMPONENT, path_component
 
 REPO = Path(__file__).resolve().parents[1]
 

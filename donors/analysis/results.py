@@ -40,7 +40,7 @@ from donors.analysis.constants import (
     N,
 )
 from donors.errors import DonorsError, InputNotFound
-from donors.grid import regime_labels
+from donors.grid import path_component, regime_labels
 
 
 class ResultsTableError(DonorsError, ValueError):
@@ -186,15 +186,21 @@ def load_results_table(
     return frame
 
 
+MAX_ABS_DELTA = 100.0
+"""A Δ is a difference of two scores in [0, 1], in percentage points: beyond ±100 it is not a Δ."""
+
+
 def _check_deltas(frame: pd.DataFrame, origin: str) -> None:
-    """Refuse an infinite Δ, naming the rows (a mean over it is infinite); a missing Δ is skipped, as published."""
+    """Refuse a Δ that cannot be one (infinite, or beyond ±100 pp), naming the rows; a missing Δ is skipped, as published."""
     delta = frame[DELTA].to_numpy(float)
-    bad = np.flatnonzero(np.isinf(delta))
+    with np.errstate(invalid="ignore"):
+        bad = np.flatnonzero(np.isinf(delta) | (np.abs(delta) > MAX_ABS_DELTA))
     if len(bad):
         keys = [c for c in (MODEL, SOURCE_TASK, SOURCE_LANGUAGE, TARGET_TASK, TARGET_LANGUAGE) if c in frame]
         shown = "; ".join(f"row {i + 2}: {'/'.join(str(frame[c].iat[i]) for c in keys)} = {delta[i]}" for i in bad[:5])
         raise ResultsTableError(
-            f"{origin}: {len(bad)} row(s) have an infinite {DELTA} ({shown}{'; ...' if len(bad) > 5 else ''}); fix or drop them"
+            f"{origin}: {len(bad)} row(s) have a {DELTA} that is infinite or beyond ±{MAX_ABS_DELTA:g} pp, which a difference of "
+            f"two scores in percentage points cannot be ({shown}{'; ...' if len(bad) > 5 else ''}); fix or drop them"
         )
 
 
@@ -357,4 +363,4 @@ def save_tables(tables: Mapping[str, pd.DataFrame], directory: str | os.PathLike
     """Write each table as ``<directory>/<name>.csv`` (:func:`write_csv`); return the paths."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    return [write_csv(table, directory / f"{name}.csv") for name, table in tables.items()]
+    return [write_csv(table, directory / f"{path_component(name)}.csv") for name, table in tables.items()]

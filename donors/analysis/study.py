@@ -24,6 +24,7 @@ from donors.analysis.validity import (
     regime_means,
     validity_findings,
 )
+from donors.grid import path_component
 
 
 @dataclass(frozen=True)
@@ -51,10 +52,6 @@ class StoredOutcomes:
         return self._paired[metric]
 
 
-def _model_key(model: str) -> str:
-    return model.replace("/", "__")
-
-
 def _transfer_matrix(results: pd.DataFrame, model: str) -> pd.DataFrame:
     """The sources x targets table (pp) of one model, the first column naming the source."""
     matrix = TransferMatrix.from_results(results, model).values
@@ -63,7 +60,7 @@ def _transfer_matrix(results: pd.DataFrame, model: str) -> pd.DataFrame:
 
 def transfer_matrices(results: pd.DataFrame, prefix: str = "transfer_matrix") -> dict[str, pd.DataFrame]:
     """One sources x targets table (pp) per model, the first column naming the source."""
-    return {f"{prefix}__{_model_key(model)}": _transfer_matrix(results, model) for model in sorted(results["model_name"].unique())}
+    return {f"{prefix}__{path_component(model)}": _transfer_matrix(results, model) for model in sorted(results["model_name"].unique())}
 
 
 def study_tables(
@@ -93,7 +90,7 @@ def study_tables(
             tables[name] = table
 
     for model in sorted(results["model_name"].unique()):
-        run(f"transfer_matrix__{_model_key(model)}", functools.partial(_transfer_matrix, results, model))
+        run(f"transfer_matrix__{path_component(model)}", functools.partial(_transfer_matrix, results, model))
     run("regime_summary_by_model", functools.partial(regime_summary_by_model, results))
     if stored is not None:
         tables.update(run_analysis("validity", lambda: validity_tables(stored, published_metric, bias_free_metric), skipped) or {})

@@ -18,6 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from donors.grid import path_component  # noqa: E402
 from donors.report.figures import donor_recipient_figure, significance_heatmap, transfer_heatmap  # noqa: E402
 
 STYLE = """
@@ -93,7 +94,7 @@ def _significance_sections(tables: dict[str, pd.DataFrame], figure_path) -> list
         "Hatched, dimmed pairs are not significant (q ≥ 0.05).</p>",
     ]
     for model, rows in cells.groupby("model", sort=True):
-        name = f"significance__{str(model).replace('/', '__')}"
+        name = f"significance__{path_component(str(model))}"
         parts += [
             f"<h3>{html.escape(str(model))}</h3>",
             _png(significance_heatmap(rows, title=f"{model}: Δ (pp), significant pairs solid"), figure_path(name)),
@@ -364,7 +365,7 @@ def build_report(
     """The report page; with ``figures_dir`` each figure is also written there as a PNG."""
 
     def figure_path(name: str) -> Path | None:
-        return figures_dir / f"{name}.png" if figures_dir is not None else None
+        return figures_dir / f"{path_component(name)}.png" if figures_dir is not None else None
 
     parts = [
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
