@@ -1,4 +1,8 @@
+import os
+import shutil
 import sqlite3
+import subprocess
+import sys
 
 import pytest
 
@@ -94,3 +98,43 @@ def test_a_garbage_store_is_named_with_what_to_do_and_left_untouched(tmp_path):
     with pytest.raises(DonorsError, match=r"results.sqlite: cannot be used as this study's results store .*restore it from a backup"):
         ResultsStore(path)
     assert path.read_bytes() == garbage
+
+
+def test_an_emptied_store_of_a_study_that_ran_is_refused_not_started_over(tmp_path):
+    from donors.store.sqlite import StoreUnreadable
+
+    path = tmp_path / "results.sqlite"
+    path.touch()
+    ResultsStore(path).close()  # an empty file alone is a store not yet written: it is created
+    path.write_bytes(b"")
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(StoreUnreadable, match=r"results.sqlite is empty \(0 bytes\).*\(config.json\).*delete the empty file"):
+        ResultsStore(path)
+    assert path.stat().st_size == 0
+
+
+CHATTR = shutil.which("chattr")
+
+
+@pytest.mark.skipif(CHATTR is None or os.geteuid() != 0, reason="making a folder immutable needs chattr and root")
+def test_a_store_made_read_only_mid_run_stops_with_a_message_not_a_crash(tmp_path):
+    """Immutable folder and files after the first writes: SQLite's WAL index (a memory map) died of SIGBUS here."""
+    script = (
+        "import subprocess, sys\n"
+        "from donors.store import ResultsStore\n"
+        "from donors.store.sqlite import StoreUnreadable\n"
+        f"store = ResultsStore({str(tmp_path / 'study' / 'results.sqlite')!r})\n"
+        "store.set_meta('a', '1')\n"
+        f"subprocess.run([{CHATTR!r}, '-R', '+i', {str(tmp_path / 'study')!r}], check=True)\n"
+        "try:\n"
+        "    for i in range(200):\n"
+        "        store.set_meta(f'k{i}', 'x' * 1000)\n"
+        "except StoreUnreadable as error:\n"
+        "    print(error)\n"
+    )
+    try:
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    finally:
+        subprocess.run([CHATTR, "-R", "-i", str(tmp_path / "study")], check=False)
+    assert done.returncode == 0, (done.returncode, done.stderr)
+    assert "cannot write the results store" in done.stdout and "writable (and not immutable)" in done.stdout

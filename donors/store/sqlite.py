@@ -126,10 +126,13 @@ class ResultsStore:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self._refuse_emptied_store()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.path, timeout=30)
         try:
-            self._db.execute("PRAGMA journal_mode=WAL")
+            # A rollback journal, not WAL: WAL's index is a memory-mapped file, and a write to it after
+            # the folder or file became read-only kills the process with SIGBUS instead of raising.
+            self._db.execute("PRAGMA journal_mode=DELETE")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(SCHEMA)
             self._upgrade()
@@ -140,6 +143,18 @@ class ResultsStore:
                 "overwritten, restore it from a backup, or move it away to start the study afresh (finished adapters "
                 "and scores would then be redone); if the folder is read-only, make it writable"
             ) from None
+
+    def _refuse_emptied_store(self) -> None:
+        """An empty store file in a study that has run is a lost store, never a new one: starting over would hide it."""
+        if not self.path.is_file() or self.path.stat().st_size:
+            return
+        ran = [name for name in ("config.json", "adapters", "report.html") if (self.path.parent / name).exists()]
+        if ran:
+            raise StoreUnreadable(
+                f"{self.path} is empty (0 bytes), but its folder holds a study that has run ({', '.join(ran)}): the "
+                "store was truncated. Restore it from a backup, or delete the empty file to start the study afresh "
+                "(every adapter and score would be redone)"
+            )
 
     def _upgrade(self) -> None:
         """Add the columns an older store lacks, and fill its option counts from its own predictions."""
@@ -183,8 +198,16 @@ class ResultsStore:
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._db:
-            yield self._db
+        """One atomic write; a store that can no longer be written stops the run with the file and the fix."""
+        try:
+            with self._db:
+                yield self._db
+        except sqlite3.OperationalError as error:
+            raise StoreUnreadable(
+                f"{self.path}: cannot write the results store ({error}). Make the study folder and its files writable "
+                "(and not immutable), with free disk space, then run again: finished work is kept, and the unit of "
+                "work that was being written is redone"
+            ) from error
 
     # -- study metadata -------------------------------------------------------------
     def get_meta(self, key: str) -> str | None:
