@@ -19,7 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from donors.errors import DonorsError, _quoted, describe_validation_error
-from donors.grid import STUDY_LANGUAGES, path_component
+from donors.grid import STUDY_LANGUAGES, Cell, cells_matching, path_component
 
 PAPER_SEEDS = (17, 42, 101)
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -250,6 +250,12 @@ class StudyConfig(_Section):
         description="the sources' and targets' languages, at least one, each once: ISO 639-1 codes (2-3 lowercase letters); "
         "the published eleven",
     )
+    sources: tuple[str, ...] | dict[str, tuple[str, ...]] | None = Field(
+        None,
+        description="the cells to train on (every cell is still a target): 'task/language' or a pattern ('truthfulqa/*', "
+        "'*/hi', 'hi'), a list for every model or a mapping model -> list (`donors plan --budget` writes one); "
+        "unset: every (task, language)",
+    )
     seeds: tuple[int, ...] = Field(
         PAPER_SEEDS, description="one adapter per seed and (model, source), at least one, each once; the published 17, 42, 101"
     )
@@ -277,6 +283,33 @@ class StudyConfig(_Section):
                 "measure the change of format, not transfer. Use one format for both, or set train.allow_format_mismatch: true"
             )
         return self
+
+    @model_validator(mode="after")
+    def _sources_in_grid(self) -> "StudyConfig":
+        if self.sources is None:
+            return self
+        grid = [Cell(task, language) for task in self.task_names for language in self.languages]
+        lists = self.sources if isinstance(self.sources, dict) else {"": self.sources}
+        unknown = sorted(set(lists) - set(self.models) - {""})
+        if unknown:
+            raise ValueError(f"sources names model(s) {', '.join(map(repr, unknown))} that are not in models ({', '.join(self.models)})")
+        for model, patterns in lists.items():
+            _, unmatched = cells_matching(patterns, grid)
+            if unmatched:
+                where = f"sources.{model}" if model else "sources"
+                raise ValueError(
+                    f"{where}: {', '.join(map(repr, unmatched))} match no cell of the grid; its cells are "
+                    f"{', '.join(map(str, grid[:12]))}{', ...' if len(grid) > 12 else ''} (task/language, wildcards allowed)"
+                )
+        return self
+
+    def source_cells(self, model: str) -> list[Cell]:
+        """The cells ``model`` is trained on: those ``sources`` lists for it (all of them when unset), in grid order."""
+        grid = [Cell(task, language) for task in self.task_names for language in self.languages]
+        if self.sources is None:
+            return grid
+        patterns = self.sources.get(model, ()) if isinstance(self.sources, dict) else self.sources
+        return cells_matching(patterns, grid)[0]
 
     @property
     def train_format(self) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import fnmatch
 import hashlib
 import re
 from dataclasses import dataclass
@@ -59,6 +60,25 @@ class Cell:
 
     def __str__(self) -> str:
         return f"{self.task}/{self.language}"
+
+
+def cells_matching(patterns, cells) -> tuple[list[Cell], list[str]]:
+    """The ``cells`` (in their order) that any pattern matches, and the patterns that match none.
+
+    A pattern is 'task/language' with shell wildcards in either part ('truthfulqa/*', '*/hi',
+    'arc_*/en'); one without a '/' matches a task or a language ('hi', 'truthfulqa').
+    """
+    cells = list(cells)
+    names = [str(cell) for cell in cells]
+    chosen: set[str] = set()
+    unmatched = []
+    for pattern in patterns:
+        forms = [pattern] if "/" in pattern else [f"{pattern}/*", f"*/{pattern}"]
+        hits = {name for name in names for form in forms if fnmatch.fnmatchcase(name, form)}
+        if not hits:
+            unmatched.append(pattern)
+        chosen |= hits
+    return [cell for cell, name in zip(cells, names) if name in chosen], unmatched
 
 
 class Regime(str, enum.Enum):

@@ -61,7 +61,8 @@ def cells(config: StudyConfig) -> list[Cell]:
 
 
 def train_jobs(config: StudyConfig) -> list[TrainJob]:
-    return [TrainJob(model, source, seed) for model in config.models for source in cells(config) for seed in config.seeds]
+    """One adapter per (model, chosen source, seed): the sources are ``config.sources`` (all cells by default)."""
+    return [TrainJob(model, source, seed) for model in config.models for source in config.source_cells(model) for seed in config.seeds]
 
 
 def model_states(config: StudyConfig, model: str) -> list[ModelState]:

@@ -130,7 +130,8 @@ class StudyPlan:
         wrapped = [name for name, on in (("training", self.train_chat_template), ("scored", self.eval_chat_template)) if on]
         chat = f"; {' and '.join(wrapped)} prompts add {CHAT_TEMPLATE_TOKENS} chat-template tokens" if wrapped else ""
         lines = [
-            f"jobs: {self.sources} sources x {self.seeds} seed(s) = adapters per model; states = 1 base + adapters; "
+            f"jobs: sources (up to {self.sources}; config sources, every cell when unset) x {self.seeds} seed(s) = adapters "
+            "per model; states = 1 base + adapters; "
             f"evaluation jobs = states x {self.targets} targets",
             f"tokens: characters / {self.chars_per_token:g} (real tokenizers differ; non-Latin scripts take more tokens "
             "per character); training counts every train item (its validation share too) once per epoch, each capped at "
@@ -245,16 +246,19 @@ def plan(
         raise ConfigError(f"--chars-per-token must be positive, got {chars_per_token}")
     check_throughput(tflops, mfu)
     sizes = tuple(task_sizes(spec, config, chars_per_token) for spec in config.tasks)
-    n_sources = n_targets = len(cells(config))
+    n_targets = len(cells(config))
     n_seeds = len(config.seeds)
-    # One seed trains every source once: the sum over sources of items x epochs x tokens.
-    train_tokens_per_seed = sum(t.train_tokens for t in sizes) * config.train.epochs
+    # A source's share of its task's training tokens: the task's languages count alike.
+    tokens_per_source = {task.task: task.train_tokens / len(config.languages) for task in sizes}
     # Every model state is scored on every target.
     tokens_per_state = sum(t.test_tokens for t in sizes)
     rows = []
     for model in config.models:
         params, params_from = parameter_count(model)
-        n_train = n_sources * n_seeds
+        sources = config.source_cells(model)
+        # One seed trains each chosen source once: the sum over them of items x epochs x tokens.
+        train_tokens_per_seed = sum(tokens_per_source[cell.task] for cell in sources) * config.train.epochs
+        n_train = len(sources) * n_seeds
         n_states = 1 + n_train
         train_tokens = train_tokens_per_seed * n_seeds
         eval_tokens = tokens_per_state * n_states
@@ -279,7 +283,7 @@ def plan(
     return StudyPlan(
         tuple(rows),
         sizes,
-        n_sources,
+        max(len(config.source_cells(model)) for model in config.models),
         n_targets,
         n_seeds,
         tflops,

@@ -187,3 +187,49 @@ def test_cli_prints_the_plan_offline(offline):
         "partly estimated",
     ):
         assert text in out, text
+
+
+def test_sources_choose_what_is_trained_and_plan_and_status_count_only_that(tmp_path):
+    from donors.grid import Cell
+    from donors.jobs import eval_jobs, train_jobs
+
+    data = yaml.safe_load(DEMO.read_text())
+    data["output_dir"] = str(tmp_path / "study")
+    full = plan(config_from(data))
+    data["sources"] = ["number_words/de", "cldr_continent/*"]
+    chosen = config_from(data)
+    assert chosen.source_cells("smollm2-135m") == [Cell("number_words", "de")] + [
+        Cell("cldr_continent", lang) for lang in ("de", "es", "fr")
+    ]
+    assert len(train_jobs(chosen)) == 4 and len(eval_jobs(chosen)) == 5 * 6  # every target is still scored
+    p = plan(chosen)
+    (m,) = p.models
+    assert (m.train_jobs, m.model_states, m.eval_jobs) == (4, 5, 30)
+    per_source = {t.task: t.train_tokens / 3 for t in full.tasks}
+    assert m.train_tokens == pytest.approx((per_source["number_words"] + 3 * per_source["cldr_continent"]) * 2)
+    status = api.study_status(chosen)
+    assert (status.train_pending, status.eval_pending) == (4, 30)
+    # Per model, as `plan --budget` writes them; a model left out trains nothing.
+    data["sources"] = {"smollm2-135m": ["de"]}
+    assert [str(c) for c in config_from(data).source_cells("smollm2-135m")] == ["number_words/de", "cldr_continent/de"]
+
+
+@pytest.mark.parametrize(
+    ("sources", "message"),
+    [
+        (["number_words/hi"], r"sources: 'number_words/hi' match no cell of the grid; its cells are number_words/de"),
+        (["arc/*", "de"], r"'arc/\*' match no cell"),
+        ({"other-model": ["de"]}, r"sources names model\(s\) 'other-model' that are not in models"),
+    ],
+)
+def test_sources_that_name_no_cell_of_the_grid_are_refused_with_the_cells(tmp_path, sources, message):
+    data = yaml.safe_load(DEMO.read_text())
+    data["sources"] = sources
+    with pytest.raises(ConfigError, match=message):
+        config_from(data)
+
+
+def config_from(data: dict):
+    from donors.config import config_from_dict
+
+    return config_from_dict(data)
