@@ -30,7 +30,6 @@ the cell at Δ <= -1 pp.
 
 from __future__ import annotations
 
-import fnmatch
 import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -52,6 +51,7 @@ from donors.analysis.constants import (
 )
 from donors.analysis.results import ResultsTableError, has_source, load_results_table
 from donors.errors import DonorsError, InsufficientData
+from donors.grid import Cell, cells_matching
 
 KEYS = [MODEL, SOURCE_TASK, SOURCE_LANGUAGE, TARGET_TASK, TARGET_LANGUAGE]
 PREDICTION_COLUMNS = [*KEYS, "regime", "delta_pred", "delta_lo", "delta_hi", "p_harm", "measured"]
@@ -191,7 +191,7 @@ class _Data:
 
 
 def _prepare(results, grid: Grid | None = None) -> _Data:
-    """Check a results table and keep its measured rows whose source is a cell of the grid."""
+    """Check a results table and keep its measured rows; a source that is not a target of the grid is refused."""
     frame = load_results_table(results)
     frame = frame[has_source(frame)]
     if frame.duplicated(KEYS).any():
@@ -202,7 +202,13 @@ def _prepare(results, grid: Grid | None = None) -> _Data:
     grid = grid or Grid.of(frame)
     cells = {f"{task}/{language}" for task, language in grid.cells}
     source = frame[SOURCE_TASK].astype(str) + "/" + frame[SOURCE_LANGUAGE].astype(str)
-    frame = frame[source.isin(cells).to_numpy() & frame[DELTA].notna().to_numpy()]
+    outside = sorted(set(source[~source.isin(cells)]))
+    if outside:
+        raise ResultsTableError(
+            f"source(s) {', '.join(outside[:5])}{', ...' if len(outside) > 5 else ''} are never a target of the table, so they "
+            "have no place in its transfer matrix (the grid's sources are its targets); drop their rows, or score them as targets"
+        )
+    frame = frame[frame[DELTA].notna().to_numpy()]
     model, source, target = grid.codes(frame)
     se = pd.to_numeric(frame[DELTA_SE], errors="coerce").to_numpy(float) if DELTA_SE in frame else np.full(len(frame), np.nan)
     data = _Data(grid, model, source, target, frame[DELTA].to_numpy(float), se)
@@ -740,17 +746,11 @@ RECOMMEND_COLUMNS = [MODEL, SOURCE_TASK, SOURCE_LANGUAGE, "n_targets", "gain", "
 
 
 def _matching_targets(grid: Grid, patterns: Sequence[str]) -> list[tuple[str, str]]:
-    names = [f"{task}/{language}" for task, language in grid.cells]
-    chosen, empty = set(), []
-    for pattern in patterns:
-        forms = [pattern] if "/" in pattern else [f"{pattern}/*", f"*/{pattern}"]
-        hits = {name for name in names for form in forms if fnmatch.fnmatchcase(name, form)}
-        if not hits:
-            empty.append(pattern)
-        chosen |= hits
-    if empty:
-        raise NoMatchingTargets(f"target pattern(s) {', '.join(map(repr, empty))} match no target; the targets are {', '.join(names)}")
-    return [cell for cell, name in zip(grid.cells, names) if name in chosen]
+    matched, unmatched = cells_matching(patterns, [Cell(task, language) for task, language in grid.cells])
+    if unmatched:
+        names = ", ".join(f"{task}/{language}" for task, language in grid.cells)
+        raise NoMatchingTargets(f"target pattern(s) {', '.join(map(repr, unmatched))} match no target; the targets are {names}")
+    return [(cell.task, cell.language) for cell in matched]
 
 
 def recommend_sources(
