@@ -766,13 +766,22 @@ def recommend_sources(
 
     Patterns are ``task/language`` with shell wildcards (``truthfulqa/*``, ``*/hi``); a bare
     name matches a task or a language. Every source of the grid is ranked, measured or
-    predicted, per model (``model`` keeps one); ``top`` per model are returned. ``gain_lo`` and
-    ``gain_hi`` average the cells' 90% bounds (errors of one source's cells move together, so
-    this is the cautious reading); ``p_harm_any`` = 1 - prod(1 - p_harm) over the chosen
-    targets, which overstates the risk when errors are correlated. ``max_harm`` drops sources
-    above that probability.
+    predicted, per model (``model`` keeps one); ``top`` per model are returned. See
+    :func:`rank_sources` for the columns.
     """
-    table = predict_transfer(results, seed=seed)
+    return rank_sources(predict_transfer(results, seed=seed), targets, model=model, top=top, max_harm=max_harm)
+
+
+def rank_sources(
+    table: pd.DataFrame, targets: Sequence[str], *, model: str | None = None, top: int = 10, max_harm: float | None = None
+) -> pd.DataFrame:
+    """:func:`recommend_sources` on a table :func:`predict_transfer` made (one fit, many questions).
+
+    ``gain_lo`` and ``gain_hi`` average the cells' 90% bounds (errors of one source's cells move
+    together, so this is the cautious reading); ``p_harm_any`` = 1 - prod(1 - p_harm) over the
+    chosen targets, which overstates the risk when errors are correlated. ``max_harm`` drops
+    sources above that probability.
+    """
     grid = Grid.of(table)
     if model is not None and model not in grid.models:
         raise DonorsError(f"model {model!r} is not in the results; they have {', '.join(grid.models)}")
@@ -802,6 +811,14 @@ def recommend_sources(
     ranked = ranked.sort_values([MODEL, "gain"], ascending=[True, False])
     ranked["rank"] = ranked.groupby(MODEL).cumcount() + 1
     return ranked[ranked["rank"] <= top][RECOMMEND_COLUMNS].reset_index(drop=True)
+
+
+def fine_tuning_advice(table: pd.DataFrame, *, top: int = 3) -> pd.DataFrame:
+    """The report's "what to fine-tune on": per model, the best ``top`` sources for each target task and for all targets."""
+    groups = [("all targets", ["*"])] + [(f"{task}/*", [f"{task}/*"]) for task in sorted(table[TARGET_TASK].unique())]
+    frames = [rank_sources(table, patterns, top=top).assign(targets=name) for name, patterns in groups]
+    advice = pd.concat(frames, ignore_index=True)
+    return advice[["targets", *RECOMMEND_COLUMNS]].sort_values([MODEL, "targets", "rank"], kind="stable", ignore_index=True)
 
 
 # --- generated tables with planted structure ------------------------------------------------

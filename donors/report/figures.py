@@ -124,6 +124,30 @@ def significance_heatmap(cells: pd.DataFrame, title: str = "Transfer (pp) and si
     return figure
 
 
+def predicted_heatmap(cells: pd.DataFrame, title: str = "Measured and predicted Δ (pp)") -> Figure:
+    """One model's rows of ``predicted_transfer``: measured cells as they are, predicted ones hatched."""
+    frame = cells.assign(
+        source=cells["fine_tuned_dataset"].astype(str) + "/" + cells["fine_tuned_language"].astype(str),
+        target=cells["eval_dataset"].astype(str) + "/" + cells["eval_language"].astype(str),
+        measured=cells["measured"].astype(bool),
+    )
+    matrix = frame.pivot(index="source", columns="target", values="delta_pred").sort_index().sort_index(axis=1)
+    measured = frame.pivot(index="source", columns="target", values="measured").reindex_like(matrix).fillna(False).astype(bool)
+    figure = transfer_heatmap(matrix, title=title)
+    ax = figure.axes[0]
+    for i in range(matrix.shape[0]):
+        for j in range(matrix.shape[1]):
+            if not measured.iat[i, j]:
+                ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="...", edgecolor="0.35", lw=0))
+    figure.legend(
+        handles=[Patch(facecolor="white", edgecolor="0.35", hatch="...", label="predicted (not measured)")],
+        loc="outside lower center",
+        fontsize=8,
+        frameon=False,
+    )
+    return figure
+
+
 def language_transfer_matrix_figure(matrix: pd.DataFrame) -> Figure:
     """A14 ``language_transfer_matrix``: plasma, diagonal masked, lower limit 0 when no cell is negative."""
     array = matrix.to_numpy(float)
