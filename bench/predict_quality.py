@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -134,15 +135,37 @@ def timing() -> None:
     print(f"- 9 models x 12 of 44 sources ({len(study.results):,} rows) -> {len(predicted):,} cells: {partial:.1f} s")
 
 
+def demo_study(source: Path) -> None:
+    """Leave-one-source-out on a real study (the demo: one model, all six sources measured)."""
+    from donors import api
+
+    print(f"## 5. A real study: {source}, each source held out in turn\n")
+    if not source.exists():
+        print(f"(not run: {source} does not exist; `make demo` makes it)")
+        return
+    results = api.results_of(source)
+    n_sources = len(results.dropna(subset=["fine_tuned_dataset"])[["fine_tuned_dataset", "fine_tuned_language"]].drop_duplicates())
+    table = cross_validate(results, k=n_sources, per_model=True)
+    columns = ["method", "model_name", "n_cells", "rmse", "mae", "spearman", "sign_accuracy", "harm_auc", "coverage"]
+    print(markdown(table[columns].round(3)))
+    print()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3, help="generated tables per scenario in part 1")
     parser.add_argument("--draws", type=int, default=20, help="random choices per budget in part 3")
+    parser.add_argument("--demo", type=Path, default=Path("studies/demo"), help="a finished study for part 5 (default: the demo's)")
+    parser.add_argument("--only-demo", action="store_true", help="run part 5 alone")
     args = parser.parse_args()
+    if args.only_demo:
+        demo_study(args.demo)
+        return
     quality(args.seeds)
     cross_validation()
     choice(args.draws)
     timing()
+    demo_study(args.demo)
 
 
 if __name__ == "__main__":
