@@ -102,7 +102,8 @@ def test_a_failing_analysis_is_recorded_with_its_error_and_the_others_still_run(
         return {**steps, "pareto_profiles": broken, "linguistic_correlations": lambda df: pd.DataFrame()}
 
     monkeypatch.setattr(published, "published_analyses", fake_steps)
-    tables = run_published_analyses(results_table(MODELS, TASKS, ["en", "de"], seed=1))
+    # three languages: the translated-only variance fit needs at least 6 transfer pairs (variance.MIXED_MIN_ROWS)
+    tables = run_published_analyses(results_table(MODELS, TASKS, ["en", "de", "fr"], seed=1))
     skipped = tables[SKIPPED_ANALYSES].set_index("analysis")["reason"]
     assert skipped.index.tolist() == ["pareto_profiles", "pareto_family_summary"]
     assert skipped["pareto_profiles"].startswith("TypeError: planted bug (at test_console.py:")

@@ -6,6 +6,8 @@ analyses themselves read as the protocol does.
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -20,6 +22,7 @@ from donors.analysis.constants import (
     FAMILY_SUBSTRINGS,
     HARM,
     HARM_THRESHOLD,
+    KEY_COLUMNS,
     MEAN,
     MEDIAN,
     MISSING_SOURCE,
@@ -39,7 +42,7 @@ from donors.analysis.constants import (
     TARGET_TASK,
     N,
 )
-from donors.errors import DonorsError, InputNotFound
+from donors.errors import MAX_QUOTED, DonorsError, InputNotFound, _quoted
 from donors.grid import path_component, regime_labels
 
 
@@ -153,29 +156,45 @@ def load_results_table(
     released table gives the published counts: a few of its Δ strings sit an ulp from
     -1 and only that parser puts them on the threshold. ``"exact"`` takes the nearest
     double (:func:`exact_float`). Numbers already in a DataFrame are kept as they are.
+
+    Refused with a :class:`ResultsTableError` that names the file, the row (its line in
+    the CSV) or column, and the fix: a file that is empty, binary, not UTF-8 or not a CSV;
+    a CSV with a header but no rows; text that is not a number in a numeric column of a
+    CSV (a missing value, empty or ``n/a``, is allowed); a Δ that is infinite or beyond
+    ±100 pp; and a (model, source, target) key given twice, which the published validator
+    counts as an error (docs/protocol.md sections 1b and 5).
     """
     if float_parser not in FLOAT_PARSERS:
         raise ValueError(f"float_parser must be one of {', '.join(map(repr, FLOAT_PARSERS))}, not {float_parser!r}")
     parse = FLOAT_PARSERS[float_parser]
     if isinstance(path_or_df, pd.DataFrame):
         origin = "the results DataFrame"
-        frame = path_or_df.copy()
+        frame, text = path_or_df.copy(), None
     else:
         path = Path(path_or_df)
         origin = str(path)
         if not path.is_file():
             raise InputNotFound(f"results table {origin} does not exist; give a study directory or a results CSV in the published schema")
-        text_columns = (MODEL, SOURCE_TASK, SOURCE_LANGUAGE, TARGET_TASK, TARGET_LANGUAGE, REGIME)
-        frame = pd.read_csv(path, dtype={c: str for c in text_columns})
-        # pandas decides which columns are numeric; their values come from the text again,
-        # read by the chosen parser rather than by whatever the installed pandas does.
-        text = pd.read_csv(path, dtype=str)
-        for column in frame.columns:
-            if column in (DELTA, SIZE) or frame[column].dtype.kind == "f":
-                frame[column] = _numbers(text[column], parse)
+        frame, text = _read_csv(path, origin)
     missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
     if missing:
-        raise ResultsTableError(f"{origin} is not a results table in the published schema: missing column(s) {', '.join(missing)}")
+        raise ResultsTableError(
+            f"{origin} is not a results table in the published schema: missing column(s) {', '.join(missing)}; "
+            f"its first line must name the columns (protocol section 8), as transfer_results.csv of a study does"
+        )
+    if text is not None:
+        if frame.empty:
+            raise ResultsTableError(
+                f"{origin} has the columns of a results table but no rows; analyse a table with results in it "
+                "(a study's transfer_results.csv is written by `donors report` once the study has scores)"
+            )
+        # pandas decides which columns are numeric; their values come from the text again,
+        # read by the chosen parser rather than by whatever the installed pandas does.
+        numeric = [c for c in frame.columns if _is_numeric_column(c) or frame[c].dtype.kind in "fiu"]
+        _check_numbers(text, numeric, parse, origin, first_row=2)
+        for column in numeric:
+            if column in (DELTA, SIZE) or frame[column].dtype.kind == "f":
+                frame[column] = _numbers(text[column], parse)
     if expect_full_grid and len(frame) != PUBLISHED_ROWS:
         raise ResultsTableError(
             f"{origin} has {len(frame):,} rows; the published grid has exactly {PUBLISHED_ROWS:,} (9 models x 44 sources x 44 targets)"
@@ -183,7 +202,104 @@ def load_results_table(
     frame[DELTA] = _numbers(frame[DELTA], parse)
     frame[SIZE] = _numbers(frame[SIZE], parse)
     _check_deltas(frame, origin)
+    _check_unique_keys(frame, origin, first_row=2 if text is not None else None)
     return frame
+
+
+NUMERIC_COLUMNS = re.compile(r"(model_size|n_seeds|(delta_)?score(_norm)?(_base)?_(mean|std|se))")
+"""The published schema's numeric columns (section 8): a value in one of them must be a number or missing."""
+
+MISSING_TEXT = frozenset({"", "n/a", "na", "nan", "-nan", "null", "none", "<na>", "#n/a"})
+"""Text that stands for a missing value (pandas reads these as missing in a CSV)."""
+
+
+def _is_numeric_column(column) -> bool:
+    return isinstance(column, str) and NUMERIC_COLUMNS.fullmatch(column) is not None
+
+
+def _read_csv(path: Path, origin: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The CSV at ``path`` as pandas types it and as text, or a :class:`ResultsTableError` saying what the file is instead."""
+    advice = "give a results CSV in the published schema (a study's transfer_results.csv), or a study directory"
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise ResultsTableError(f"{origin} cannot be read ({error.strerror or error}); check its permissions, or {advice}") from None
+    if not data.strip():
+        raise ResultsTableError(f"{origin} is empty ({len(data)} bytes); {advice}")
+    if b"\0" in data[:65536]:
+        raise ResultsTableError(f"{origin} is a binary file (it holds NUL bytes), not a CSV text table; {advice}")
+    try:
+        content = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise ResultsTableError(
+            f"{origin}: line {line} is not UTF-8 text (byte {error.start}: {data[error.start : error.start + 1]!r}); "
+            f"save the table as UTF-8 CSV, or {advice}"
+        ) from None
+    text_columns = (MODEL, SOURCE_TASK, SOURCE_LANGUAGE, TARGET_TASK, TARGET_LANGUAGE, REGIME)
+    try:
+        frame = pd.read_csv(io.StringIO(content), dtype={c: str for c in text_columns})
+        text = pd.read_csv(io.StringIO(content), dtype=str)
+    except pd.errors.EmptyDataError:
+        raise ResultsTableError(f"{origin} has no header line naming the columns; {advice}") from None
+    except (pd.errors.ParserError, csv.Error, ValueError) as error:
+        message = " ".join(str(error).split())[:MAX_QUOTED]
+        raise ResultsTableError(
+            f"{origin} is not a CSV table that can be read ({message}); every line must hold as many comma-separated "
+            f"fields as the header, text with commas quoted; {advice}"
+        ) from None
+    return frame, text
+
+
+def _check_numbers(frame: pd.DataFrame, columns: Iterable[str], parse: Callable[[str], float], origin: str, first_row: int | None) -> None:
+    """Refuse text that is not a number in a numeric column, naming row, column and value; a missing value is allowed."""
+
+    def not_a_number(value) -> bool:
+        if not isinstance(value, str) or value.strip().lower() in MISSING_TEXT:
+            return False
+        try:
+            parse(value)
+        except (TypeError, ValueError):
+            return True
+        return False
+
+    bad = []
+    for column in columns:
+        values = frame[column].to_numpy(dtype=object)
+        bad += [(i, column, values[i]) for i in range(len(values)) if not_a_number(values[i])]
+    if bad:
+        bad.sort(key=lambda item: item[0])
+        shown = "; ".join(f"{_row(frame, i, first_row)}, column {column}: {_quoted(value)}" for i, column, value in bad[:5])
+        raise ResultsTableError(
+            f"{origin}: {len(bad)} value(s) in numeric columns are not numbers ({shown}{'; ...' if len(bad) > 5 else ''}); "
+            "write a number there, or leave the cell empty (or n/a) where the value is missing"
+        )
+
+
+def _row(frame: pd.DataFrame, position: int, first_row: int | None) -> str:
+    """How a user finds a row: its line in the CSV (the header is line 1), or its index label in a DataFrame."""
+    return f"row {position + first_row}" if first_row is not None else f"row {frame.index[position]!r}"
+
+
+def _check_unique_keys(frame: pd.DataFrame, origin: str, first_row: int | None) -> None:
+    """Refuse a (model, source, target) key given twice: the published validator counts it an error (protocol 1b, 5)."""
+    keys = list(KEY_COLUMNS)
+    repeated = frame.duplicated(keys, keep=False).to_numpy()
+    if not repeated.any():
+        return
+    groups: dict[tuple, list[int]] = {}
+    for position in np.flatnonzero(repeated):
+        key = tuple("n/a" if pd.isna(v) else str(v) for v in frame[keys].iloc[position])
+        groups.setdefault(key, []).append(position)
+    shown = "; ".join(
+        f"{' and '.join(_row(frame, p, first_row) for p in positions[:4])} are all {key[0]}: {key[1]}/{key[2]} -> {key[3]}/{key[4]}"
+        for key, positions in list(groups.items())[:5]
+    )
+    raise ResultsTableError(
+        f"{origin}: {len(groups)} (model, source, target) key(s) appear more than once ({shown}{'; ...' if len(groups) > 5 else ''}); "
+        f"each key ({', '.join(keys)}) must appear once, as the published validator requires (docs/protocol.md sections 1b and 5): "
+        "drop the repeated rows, or average a key's seeds into one row (section 1c)"
+    )
 
 
 MAX_ABS_DELTA = 100.0

@@ -41,6 +41,10 @@ MIXED_MODEL = {
     "vc_formula": {"source": "0 + C(source_id)", "target": "0 + C(target_id)"},
 }
 MIXED_FIT = {"reml": True, "method": "lbfgs", "maxiter": 1000}
+MIXED_PARAMETERS = 5
+"""The nested model's parameters: the mean and four variances (model, source, target, residual)."""
+MIXED_MIN_ROWS = MIXED_PARAMETERS + 1
+"""Rows with Δ a fit needs at the least: more than it has parameters (one row once raised an IndexError in statsmodels)."""
 
 
 def _single_threaded_blas() -> contextlib.AbstractContextManager:
@@ -74,11 +78,12 @@ def variance_components(df: pd.DataFrame, *, use_sparse: bool = False) -> dict[s
 
     ``use_sparse=False`` solves the same likelihood with dense per-model blocks, which is
     several times faster here than the published ``use_sparse=True`` and agrees with it
-    to about 1e-10; pass ``True`` for the published code path. No rows, or a fit that
-    fails (with a warning), give NaN for every component.
+    to about 1e-10; pass ``True`` for the published code path. Fewer than
+    :data:`MIXED_MIN_ROWS` rows with Δ, or a fit that fails (with a warning), give NaN for
+    every component.
     """
     data = _design(df)
-    if data.empty:
+    if len(data) < MIXED_MIN_ROWS:
         return dict.fromkeys(VARIANCE_ROWS, np.nan)
     failure = None
     with warnings.catch_warnings(), _single_threaded_blas():
@@ -87,7 +92,7 @@ def variance_components(df: pd.DataFrame, *, use_sparse: bool = False) -> dict[s
         try:
             model = MixedLM.from_formula(data=data, use_sparse=use_sparse, **MIXED_MODEL)
             fit = model.fit(**MIXED_FIT)
-        except (np.linalg.LinAlgError, ValueError) as error:
+        except (np.linalg.LinAlgError, ValueError, IndexError) as error:  # statsmodels' own errors on a degenerate design
             failure = error
     if failure is not None:
         warnings.warn(f"variance decomposition fit failed ({failure}); reporting NaN", stacklevel=2)
@@ -123,6 +128,11 @@ def variance_decomposition(df: pd.DataFrame, *, min_rows: int = VARIANCE_MIN_ROW
     """
     rows = transfer_set(df)
     rows = rows[pd.to_numeric(rows[DELTA], errors="coerce").notna()]
+    if len(rows) < MIXED_MIN_ROWS:
+        raise InsufficientData(
+            f"the mixed model (model, and source and target nested in model) has {MIXED_PARAMETERS} parameters; "
+            f"{len(rows)} transfer pair(s) with a Δ cannot fit it, at least {MIXED_MIN_ROWS} are needed"
+        )
     regime = derive_regime(rows)
     columns = {OVERALL: variance_shares(variance_components(rows, use_sparse=use_sparse))}
     if columns[OVERALL].isna().all():
