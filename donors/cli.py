@@ -1,4 +1,12 @@
-"""The ``donors`` command line: a thin layer over :mod:`donors.api`."""
+"""The ``donors`` command line: a thin layer over :mod:`donors.api`.
+
+Exit codes: 0 done; 2 an error the user can fix (every error the tool raises on purpose derives
+from :class:`donors.errors.DonorsError`; its message, printed as ``error: ...``, names the file,
+field or row and the fix), and Typer's own usage errors; 3 an internal error, i.e. a bug: one
+line ``internal error: <type>: <message>`` is printed and the full traceback appended to
+``donors-errors.log`` in the study directory when the command has one (else in the system temp
+directory, ``<tmp>/donors-errors.log``). Ctrl-C stops a command as Python does.
+"""
 
 from __future__ import annotations
 
@@ -18,23 +26,35 @@ def _drop_scripts_folder_from_path() -> None:
 
 _drop_scripts_folder_from_path()  # before every other import below
 
+import functools
+import shlex
+import tempfile
+import traceback
+from datetime import datetime
 from pathlib import Path
 
+import click
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from donors import api
+from donors import __version__, api
 from donors import plan as planning
-from donors.errors import DonorsError
+from donors.errors import MAX_QUOTED, DonorsError
 
-app = typer.Typer(help="Controlled transfer studies of LoRA fine-tuning across tasks and languages.", no_args_is_help=True)
+USER_ERROR_EXIT = 2
+INTERNAL_ERROR_EXIT = 3
+"""A bug (not an error the user can fix): distinct from 2, and from 1, which a Python that dies before the CLI runs gives."""
+ERROR_LOG = "donors-errors.log"
+"""Where an internal error's traceback is appended: in the study directory, or in the system temp directory."""
+
 console = Console(stderr=True)
 
 
 def _fail(error: Exception) -> None:
-    console.print(f"[red]error:[/red] {error}")
-    raise typer.Exit(code=2)
+    console.print(f"[red]error:[/red] {escape(str(error))}")
+    raise typer.Exit(code=USER_ERROR_EXIT)
 
 
 def _handled(call):
@@ -43,6 +63,84 @@ def _handled(call):
         return call()
     except DonorsError as error:
         _fail(error)
+
+
+def _study_dir_of(arguments: dict) -> Path | None:
+    """The study directory a command works on, if it has one that exists: its ``source``, or its config's output_dir."""
+    source = arguments.get("source")
+    if isinstance(source, Path) and source.is_dir():
+        return source
+    config = arguments.get("config")
+    if isinstance(config, Path) and config.is_file():
+        try:
+            output_dir = Path(api.load_config(config).output_dir)
+        except Exception:  # the config is what is broken: the temp directory will do
+            return None
+        return output_dir if output_dir.is_dir() else None
+    return None
+
+
+def _save_traceback(error: BaseException, study_dir: Path | None) -> Path | None:
+    """Append the traceback, with a timestamp and the command line, to the study's error log (else the temp dir's); its path."""
+    entry = (
+        f"--- {datetime.now().isoformat(timespec='seconds')} donors {__version__} pid {os.getpid()}\n"
+        f"command: {shlex.join(sys.argv)}\n"
+        f"{''.join(traceback.format_exception(error))}\n"
+    )
+    places = ([study_dir / ERROR_LOG] if study_dir is not None else []) + [Path(tempfile.gettempdir()) / ERROR_LOG]
+    for path in places:
+        try:
+            with path.open("a", encoding="utf-8") as log:
+                log.write(entry)
+            return path
+        except OSError:
+            continue  # a read-only study directory, say: try the next place
+    return None
+
+
+def _internal_error(error: Exception, arguments: dict) -> None:
+    """A bug: one short line, the traceback saved to a log file, exit 3."""
+    message = " ".join(str(error).split())
+    if len(message) > MAX_QUOTED:
+        message = f"{message[:MAX_QUOTED]}..."
+    log = _save_traceback(error, _study_dir_of(arguments))
+    console.print(f"[red]internal error:[/red] {escape(type(error).__name__)}: {escape(message)}", soft_wrap=True)
+    if log is not None:
+        console.print(
+            f"This is a bug in donors; the traceback is saved in {escape(str(log))}: please report it with that file.", soft_wrap=True
+        )
+    else:
+        console.print("This is a bug in donors (its traceback could not be saved, so here it is): please report it.")
+        console.print(escape("".join(traceback.format_exception(error))), soft_wrap=True, highlight=False)
+    raise typer.Exit(code=INTERNAL_ERROR_EXIT)
+
+
+def _guarded(command):
+    """``command`` with every error handled: a user's error as ``error: ...`` (exit 2), anything else as a bug (exit 3)."""
+
+    @functools.wraps(command)
+    def run(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except DonorsError as error:
+            _fail(error)
+        except (typer.Exit, typer.Abort, click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise  # Typer's and Click's own ways to stop, with their own codes
+        except Exception as error:
+            _internal_error(error, kwargs)
+
+    return run
+
+
+class _Typer(typer.Typer):
+    """A Typer app whose every command runs :func:`_guarded`: no command can show the user a raw traceback."""
+
+    def command(self, *args, **kwargs):
+        register = super().command(*args, **kwargs)
+        return lambda function: register(_guarded(function))
+
+
+app = _Typer(help="Controlled transfer studies of LoRA fine-tuning across tasks and languages.", no_args_is_help=True)
 
 
 @app.command()
