@@ -20,6 +20,7 @@ from rich.console import Console
 from donors import plan as planning
 from donors.config import ConfigError, StudyConfig, load_config
 from donors.errors import InputNotFound
+from donors.jobs import cells as cells_of
 from donors.jobs import eval_jobs, train_jobs
 from donors.models import check_models
 from donors.plan import StudyPlan
@@ -256,7 +257,15 @@ def analysis_of(source: str | Path, *, metric: str | None = None) -> Analysis:
     """
     from donors.analysis.metrics import check_metric
     from donors.analysis.results import load_results_table
-    from donors.analysis.study import StoredOutcomes, study_tables
+    from donors.analysis.study import (
+        GRID_COVERAGE,
+        StoredOutcomes,
+        coverage_table,
+        study_coverage,
+        study_tables,
+        table_coverage,
+        with_base_scores,
+    )
     from donors.analysis.transfer import results_table
 
     source = Path(source)
@@ -264,18 +273,52 @@ def analysis_of(source: str | Path, *, metric: str | None = None) -> Analysis:
         if metric is not None:
             raise ConfigError(f"--metric needs a study directory with stored predictions; {source} is a results table")
         results = load_results_table(source)
-        tables = study_tables(results)
-        return Analysis(tables, results, results, "delta_score_norm", "delta_score_norm", [], None)
+        coverage = table_coverage(results)
+        tables = {GRID_COVERAGE: coverage_table(coverage), **study_tables(results)}
+        return Analysis(tables, results, results, "delta_score_norm", "delta_score_norm", coverage, None)
     settings = _study_settings(source)
     published = (settings or {}).get("eval", {}).get("metric", "acc")
     metric = check_metric(metric or published)
     scores, predictions = _read_store(source)
-    stored = StoredOutcomes(scores, predictions)
+    # A study still running may hold adapted scores whose base is not scored yet: they have no Δ, and are set aside.
+    stored, left_out = with_base_scores(StoredOutcomes(scores, predictions))
     results = results_table(stored.target_scores(metric))
     published_results = results if metric == "acc_norm" else results_table(stored.target_scores("acc_norm"))
-    tables = study_tables(results, stored=stored, metric=metric, published_metric=published)
-    findings = tables["validity_findings"]["finding"].tolist() if "validity_findings" in tables else []
+    coverage = study_coverage(
+        results, scores, _expected_grid(source, settings), _stored_adapter_ids(source), left_out, running=study_in_use(source)
+    )
+    partial = any(line.startswith("WARNING:") for line in coverage)  # the grid is not complete
+    tables = study_tables(results, stored=stored, metric=metric, published_metric=published, partial=partial)
+    tables = {GRID_COVERAGE: coverage_table(coverage), **tables}
+    findings = coverage + (tables["validity_findings"]["finding"].tolist() if "validity_findings" in tables else [])
     return Analysis(tables, results, published_results, metric, published, findings, settings)
+
+
+def _expected_grid(study_dir: Path, settings: dict | None):
+    """The (model, source, target) pairs and adapters the study's config.json asks for; None without a usable one."""
+    from donors.analysis.study import PAIR_KEYS, ExpectedGrid
+    from donors.config import config_from_dict
+    from donors.errors import DonorsError
+
+    if settings is None:
+        return None
+    try:
+        config = config_from_dict(settings, source=str(study_dir / "config.json"))
+    except DonorsError:  # written by another version, say: the coverage line then says what is present
+        return None
+    pairs = {
+        (job.state.model, job.state.source_task, job.state.source_language, job.target.task, job.target.language)
+        for job in eval_jobs(config)
+        if not job.state.is_base
+    }
+    base = [(model, None, None, cell.task, cell.language) for model in config.models for cell in cells_of(config)]
+    frame = pd.DataFrame(sorted(pairs) + base, columns=PAIR_KEYS)
+    return ExpectedGrid(frame, frozenset(job.job_id for job in train_jobs(config)))
+
+
+def _stored_adapter_ids(study_dir: Path) -> set[str]:
+    with ResultsStore(store_path(study_dir)) as store:
+        return store.adapter_ids()
 
 
 def probe_study(config: StudyConfig | str | Path, n_items: int, *, on_items=None) -> pd.DataFrame:

@@ -12,6 +12,7 @@ from typing import Callable
 
 import pandas as pd
 
+from donors.analysis.constants import DELTA, MODEL, SOURCE_LANGUAGE, SOURCE_TASK, TARGET_LANGUAGE, TARGET_TASK
 from donors.analysis.metrics import BIAS_FREE_METRIC, item_scores, target_scores
 from donors.analysis.paired import PairedBootstrap, paired_statistics, paired_tables, regime_summary_by_model
 from donors.analysis.published import SKIPPED_ANALYSES, run_analysis, run_published_analyses, skipped_table
@@ -52,6 +53,123 @@ class StoredOutcomes:
         return self._paired[metric]
 
 
+PAIR_KEYS = ["model", "source_task", "source_language", "target_task", "target_language"]
+"""A (model, source, target) pair in the store's column names."""
+_BASE_KEYS = ["model", "target_task", "target_language"]
+GRID_COVERAGE = "grid_coverage"
+"""The table (one column, ``finding``) that says how much of the grid the analyses had."""
+
+
+def with_base_scores(stored: StoredOutcomes) -> tuple[StoredOutcomes, pd.DataFrame]:
+    """The outcomes a Δ can be computed from, and what was set aside.
+
+    An adapted state's score on a target the base model has not been scored on yet (a study
+    still running, or a base evaluation that failed) has no Δ; it is left out rather than
+    stopping the analysis. The second value lists those targets: model, target_task,
+    target_language and ``scores`` (how many adapted scores were set aside there).
+    """
+    scores, predictions = stored.scores, stored.predictions
+    base = set(map(tuple, scores.loc[scores["source_task"].isna(), _BASE_KEYS].itertuples(index=False, name=None)))
+
+    def kept(frame: pd.DataFrame) -> pd.Series:
+        keys = frame[_BASE_KEYS].itertuples(index=False, name=None)
+        return frame["source_task"].isna() | pd.Series([key in base for key in keys], index=frame.index, dtype=bool)
+
+    keep = kept(scores)
+    left_out = scores.loc[~keep].groupby(_BASE_KEYS).size().rename("scores").reset_index()
+    if keep.all():
+        return stored, left_out
+    return StoredOutcomes(scores[keep].reset_index(drop=True), predictions[kept(predictions)].reset_index(drop=True)), left_out
+
+
+@dataclass(frozen=True)
+class ExpectedGrid:
+    """What a study's config asks for: its (model, source, target) pairs and its adapters (state ids).
+
+    ``pairs`` has the columns :data:`PAIR_KEYS`; a row without a source is a base model's target.
+    """
+
+    pairs: pd.DataFrame
+    adapters: frozenset[str]
+
+
+def _plural(n: int, noun: str) -> str:
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
+def table_coverage(results: pd.DataFrame) -> list[str]:
+    """What a results table holds, when no config says what it should: its models, sources and targets."""
+    adapted = results[results[SOURCE_TASK].notna()]
+    with_delta = adapted[pd.to_numeric(adapted[DELTA], errors="coerce").notna()]
+    models = with_delta[MODEL].nunique()
+    sources = with_delta[[SOURCE_TASK, SOURCE_LANGUAGE]].drop_duplicates()
+    targets = with_delta[[TARGET_TASK, TARGET_LANGUAGE]].drop_duplicates()
+    span = models * len(sources) * len(targets)
+    line = (
+        f"The table holds {_plural(len(with_delta), '(model, source, target) row')} with a Δ: {_plural(models, 'model')}, "
+        f"{_plural(len(sources), 'source')} and {_plural(len(targets), 'target')} (task/language)"
+    )
+    if len(with_delta) < span:
+        line += f"; {len(with_delta):,} of the {span:,} combinations of these are present"
+    missing = len(adapted) - len(with_delta)
+    return [line + (f"; {_plural(missing, 'row')} without a Δ are left out." if missing else ".")]
+
+
+def study_coverage(
+    results: pd.DataFrame,
+    scores: pd.DataFrame,
+    expected: ExpectedGrid | None,
+    trained: frozenset[str] | set[str],
+    left_out: pd.DataFrame,
+    *,
+    running: bool = False,
+) -> list[str]:
+    """How much of a study's grid the analyses had, as finding lines; a ``WARNING:`` when the study is not complete.
+
+    ``results`` is the transfer table, ``scores`` the store's scores, ``expected`` the grid
+    its config asks for (None without a config.json), ``trained`` the stored adapters' ids,
+    ``left_out`` what :func:`with_base_scores` set aside, ``running`` whether a ``donors run``
+    holds the study now.
+    """
+    measured_rows = results[results[SOURCE_TASK].notna() & pd.to_numeric(results[DELTA], errors="coerce").notna()]
+    renamed = {MODEL: "model", SOURCE_TASK: "source_task", SOURCE_LANGUAGE: "source_language"}
+    renamed |= {TARGET_TASK: "target_task", TARGET_LANGUAGE: "target_language"}
+    measured = set(measured_rows.rename(columns=renamed)[PAIR_KEYS].itertuples(index=False, name=None))
+    now = " (a donors run is working on it now)" if running else ""
+    if expected is None:
+        models = scores["model"].nunique()
+        return [
+            f"The store holds {_plural(len(measured), '(source, target) pair')} with a Δ of {_plural(models, 'model')} and "
+            f"{_plural(len(trained), 'adapter')}{now}; without the study's config.json the planned grid is unknown."
+        ]
+    adapted = expected.pairs[expected.pairs["source_task"].notna()]
+    wanted = set(adapted[PAIR_KEYS].itertuples(index=False, name=None))
+    models = expected.pairs["model"].nunique()
+    got, adapters = len(measured & wanted), len(set(trained) & expected.adapters)
+    base = expected.pairs[_BASE_KEYS].drop_duplicates()
+    scored_base = set(scores.loc[scores["source_task"].isna(), _BASE_KEYS].itertuples(index=False, name=None))
+    base_got = sum(key in scored_base for key in base.itertuples(index=False, name=None))
+    counts = (
+        f"{got:,} of {len(wanted):,} (source, target) pairs of {_plural(models, 'model')} measured; "
+        f"{adapters:,} of {len(expected.adapters):,} adapters trained; base model scored on {base_got:,} of {len(base):,} "
+        "(model, target) cells"
+    )
+    if got == len(wanted) and adapters == len(expected.adapters) and base_got == len(base):
+        return [f"The study's grid is complete: {counts}."]
+    line = f"WARNING: the study is not complete{now}: {counts}. Every table covers the measured pairs only"
+    if len(left_out):
+        line += (
+            f"; {_plural(int(left_out['scores'].sum()), 'adapted score')} on {_plural(len(left_out), 'target')} "
+            "without a base-model score yet are left out"
+        )
+    return [line + "; analyses without enough data are listed in skipped_analyses. Finish it with `donors run`, then analyse again."]
+
+
+def coverage_table(lines: list[str]) -> pd.DataFrame:
+    """The ``grid_coverage`` table: one finding per row."""
+    return pd.DataFrame({"finding": lines})
+
+
 def _transfer_matrix(results: pd.DataFrame, model: str) -> pd.DataFrame:
     """The sources x targets table (pp) of one model, the first column naming the source."""
     matrix = TransferMatrix.from_results(results, model).values
@@ -70,6 +188,7 @@ def study_tables(
     metric: str | None = None,
     published_metric: str = "acc_norm",
     bias_free_metric: str = BIAS_FREE_METRIC,
+    partial: bool = False,
 ) -> dict[str, pd.DataFrame]:
     """Every table the report shows, keyed by a stable name (also the CSV file name).
 
@@ -79,7 +198,9 @@ def study_tables(
 
     Each analysis runs on its own: one that raises is left out and listed, with its reason,
     in the last table ``skipped_analyses`` (columns analysis, reason), which is there only
-    when something was skipped (see :func:`run_published_analyses`).
+    when something was skipped (see :func:`run_published_analyses`). With ``partial`` (a
+    study not yet complete) an analysis whose table comes out empty is listed there too
+    (:data:`NO_ROWS`), not written blank.
     """
     tables = run_published_analyses(results)
     skipped = list(tables.pop(SKIPPED_ANALYSES, skipped_table([])).itertuples(index=False, name=None))
@@ -95,9 +216,17 @@ def study_tables(
     if stored is not None:
         tables.update(run_analysis("validity", lambda: validity_tables(stored, published_metric, bias_free_metric), skipped) or {})
         tables.update(run_analysis("item_level_tables", lambda: paired_tables(*stored.paired(metric or published_metric)), skipped) or {})
+    for name in [name for name, table in tables.items() if table.empty] if partial else []:
+        # On part of the grid an empty table says nothing: listed, with why, rather than written blank.
+        del tables[name]
+        skipped.append((name, NO_ROWS))
     if skipped:
         tables[SKIPPED_ANALYSES] = skipped_table(skipped)
     return tables
+
+
+NO_ROWS = "no data yet: the measured part of the grid holds none of the rows it reads, or too few for its minimums"
+"""The reason ``skipped_analyses`` gives for an analysis whose table came out empty."""
 
 
 def validity_tables(stored: StoredOutcomes, published: str, bias_free: str) -> dict[str, pd.DataFrame]:

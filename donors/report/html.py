@@ -183,6 +183,17 @@ def _validity_sections(tables: dict[str, pd.DataFrame], figure_path, published: 
     return parts
 
 
+def _coverage_sections(tables: dict[str, pd.DataFrame]) -> list[str]:
+    """How much of the grid the tables below were computed from (a study still running covers only part of it)."""
+    coverage = tables.get("grid_coverage")
+    if coverage is None or coverage.empty:
+        return []
+    items = "".join(
+        f"<li class='{'warn' if line.startswith('WARNING:') else 'ok'}'>{html.escape(line)}</li>" for line in coverage["finding"]
+    )
+    return _section("Grid coverage", f"<ul class='validity'>{items}</ul>")
+
+
 def _skipped_sections(tables: dict[str, pd.DataFrame]) -> list[str]:
     skipped = tables.get("skipped_analyses")
     if skipped is None or skipped.empty:
@@ -239,6 +250,7 @@ SHOWN_TABLES = frozenset(
         "significant_transfers",
         "most_asymmetric_pairs",
         "validity_findings",
+        "grid_coverage",
         "metric_comparison",
         "pooled_regime_intervals",
         "own_cell_gains",
@@ -373,6 +385,7 @@ def build_report(
         f"<h1>{html.escape(title)}</h1>",
         f"<p class='note'>Transfer = 100 × (fine-tuned score − base score), in percentage points (pp), under the metric "
         f"{html.escape(metric)}. Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC by donors.</p>",
+        *_coverage_sections(tables),
         *_validity_sections(tables, figure_path, published_metric, bias_free_metric),
         *_section("Summary", "<ul>", *[f"<li>{html.escape(line)}</li>" for line in _summary(tables)], "</ul>"),
         *_skipped_sections(tables),
