@@ -234,8 +234,16 @@ class Analysis:
 
 
 def _study_settings(study_dir: Path) -> dict | None:
+    """The settings ``donors run`` wrote beside the store, or None for a directory without them."""
     path = study_dir / "config.json"
-    return json.loads(path.read_text()) if path.exists() else None
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ConfigError(
+            f"{path}: not the JSON `donors run` writes ({error}); restore it, or run the study's config again to rewrite it"
+        ) from None
 
 
 def _read_store(study_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -391,3 +399,148 @@ def _write_report(source: str | Path, out: str | Path | None = None, *, metric: 
     else:
         write_csv(result.results, out.with_suffix(".results.csv"))
     return out, result
+
+
+# -- predicting the matrix, choosing sources, recommending one (docs/predict.md) ---------------
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Every (model, source, target) cell of a grid, measured or predicted, and how well prediction did.
+
+    ``cells``: ``predicted_transfer.csv`` (measured cells keep their Δ; ``measured`` says which);
+    ``cross_validation``: with ``cv``, the held-out-source scores of our model and the two
+    baselines, sources held out for every model at once and per model; ``out_dir``: where both
+    were written (never into a study's store or its ``transfer_results.csv``).
+    """
+
+    cells: pd.DataFrame
+    cross_validation: pd.DataFrame | None
+    out_dir: Path
+
+
+def _measured_results(source: str | Path, metric: str | None) -> pd.DataFrame:
+    """The measured transfer table of a study (its published metric unless ``metric``) or of a results CSV."""
+    source = Path(source)
+    if source.is_dir():
+        from donors.analysis.metrics import check_metric
+
+        settings = _study_settings(source) or {}
+        return results_of(source, metric=check_metric(metric or settings.get("eval", {}).get("metric", "acc")))
+    if metric is not None:
+        raise ConfigError(f"--metric needs a study directory with stored predictions; {source} is a results table")
+    return results_of(source)
+
+
+def predict(
+    source: str | Path, out_dir: str | Path | None = None, *, cv: int | None = None, metric: str | None = None, seed: int = 0
+) -> Prediction:
+    """Fit the transfer model to a study's (or a CSV's) measured cells and predict every other cell of the grid.
+
+    The grid's sources are the (task, language) cells that appear as targets. Writes
+    ``<out_dir>/predicted_transfer.csv`` (default: ``<study>/prediction`` or
+    ``<csv stem>_prediction``) and, with ``cv`` = K folds, ``predict_cv.csv``.
+    """
+    from donors.analysis.predict import cross_validate, predict_transfer
+    from donors.analysis.results import write_csv
+    from donors.errors import InsufficientData
+
+    if cv is not None and cv < 2:
+        raise ConfigError(f"--cv must be at least 2 folds, got {cv}")
+    source = Path(source)
+    results = _measured_results(source, metric)
+    cells = predict_transfer(results, seed=seed)
+    out = Path(out_dir) if out_dir else _default_out(source, "prediction")
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(cells, out / "predicted_transfer.csv")
+    scores = None
+    if cv is not None:
+        try:
+            scores = pd.concat(
+                [cross_validate(results, k=cv, per_model=per_model, seed=seed) for per_model in (False, True)], ignore_index=True
+            )
+        except InsufficientData as error:
+            raise InsufficientData(
+                f"--cv {cv}: a fold holds out about 1/{cv} of each model's measured sources, and what is left must still "
+                f"be fitted: {error}. Use more folds (at most the number of measured sources), or measure more sources; "
+                f"the prediction itself is written to {out / 'predicted_transfer.csv'}"
+            ) from None
+        write_csv(scores, out / "predict_cv.csv")
+    return Prediction(cells, scores, out)
+
+
+def recommend(
+    source: str | Path,
+    targets: list[str],
+    *,
+    model: str | None = None,
+    top: int = 10,
+    max_harm: float | None = None,
+    metric: str | None = None,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Sources ranked by expected mean gain over the targets matching ``targets`` ('truthfulqa/*', '*/hi', 'hi').
+
+    Measured and predicted sources alike, per model (or ``model`` only), ``top`` each; with
+    each one's 90% interval, its probability of harming any chosen target by 1 pp or more, and
+    whether it was measured. ``max_harm`` drops sources above that probability.
+    """
+    from donors.analysis.predict import recommend_sources
+
+    if top < 1:
+        raise ConfigError(f"--top must be at least 1, got {top}")
+    if max_harm is not None and not 0 <= max_harm <= 1:
+        raise ConfigError(f"--max-harm is a probability in 0..1, got {max_harm}")
+    return recommend_sources(_measured_results(source, metric), targets, model=model, top=top, max_harm=max_harm, seed=seed)
+
+
+@dataclass(frozen=True)
+class SourcePlan:
+    """The next sources to train, and the config's ``sources:`` with them added, as YAML to paste."""
+
+    choices: pd.DataFrame
+    sources_yaml: str
+
+
+def choose_next_sources(
+    config: StudyConfig | str | Path, budget: int, *, measured: str | Path | None = None, shared: bool = False
+) -> SourcePlan:
+    """Propose ``budget`` sources per model (``shared``: for all models at once) that most reduce the predictive error.
+
+    The grid is the config's (models x tasks x languages). Already measured: the sources with
+    scores in ``measured`` (a study directory or results CSV), else in the config's own study
+    directory if it has run; a measured source is never proposed.
+    """
+    import yaml
+
+    from donors.analysis.constants import MODEL, SOURCE_LANGUAGE, SOURCE_TASK, TARGET_LANGUAGE, TARGET_TASK
+    from donors.analysis.predict import choose_sources
+    from donors.jobs import cells
+
+    if budget < 1:
+        raise ConfigError(f"--budget must be at least 1, got {budget}")
+    config = load_config(config) if not isinstance(config, StudyConfig) else config
+    grid = pd.DataFrame(
+        [(model, cell.task, cell.language) for model in config.models for cell in cells(config)],
+        columns=[MODEL, TARGET_TASK, TARGET_LANGUAGE],
+    )
+    if measured is None and store_path(config.output_dir).exists():
+        measured = config.output_dir
+    done = pd.DataFrame(columns=[MODEL, SOURCE_TASK, SOURCE_LANGUAGE])
+    if measured is not None:
+        results = results_of(measured)
+        done = results.loc[results[SOURCE_TASK].notna(), [MODEL, SOURCE_TASK, SOURCE_LANGUAGE]].drop_duplicates()
+        done = done[done[MODEL].isin(config.models)]
+    picked = choose_sources(grid, budget, measured=done if len(done) else None, per_model=not shared)
+    choices = pd.DataFrame(picked, columns=["model", "task", "language"])
+    names = [f"{c.task}/{c.language}" for c in picked]
+    if shared:
+        before = sorted({f"{r[1]}/{r[2]}" for r in done.itertuples(index=False)})
+        sources: object = before + [n for n in names if n not in before]
+    else:
+        sources = {
+            model: [f"{r[1]}/{r[2]}" for r in done.itertuples(index=False) if r[0] == model]
+            + [n for n, c in zip(names, picked) if c.model == model]
+            for model in config.models
+        }
+    return SourcePlan(choices, yaml.safe_dump({"sources": sources}, sort_keys=False, allow_unicode=True))

@@ -181,8 +181,20 @@ def plan(
     probe: int = typer.Option(
         None, "--probe", min=1, help="also score N gold-balanced items per target with each base model, in each format"
     ),
+    budget: int = typer.Option(
+        None, "--budget", min=1, help="propose the next N sources per model that most reduce the predicted error, as sources: YAML"
+    ),
+    measured: Path = typer.Option(None, "--measured", help="with --budget: the study (or results CSV) whose sources are trained"),
+    shared: bool = typer.Option(False, "--shared", help="with --budget: N sources for all models together"),
 ) -> None:
-    """Print the jobs, tokens and GPU-hours a config implies; with --probe, whether each base model can read its format."""
+    """Print the jobs, tokens and GPU-hours a config implies; with --probe, whether each base model can read its format;
+    with --budget, which sources to train next."""
+    if budget is not None:
+        chosen = _handled(lambda: api.choose_next_sources(config, budget, measured=measured, shared=shared))
+        # The table to stderr, the YAML alone to stdout: `donors plan ... --budget 8 > sources.yaml` keeps only the YAML.
+        _print_frame(chosen.choices, f"next {budget} source(s) {'for all models' if shared else 'per model'}", out=console)
+        typer.echo(chosen.sources_yaml, nl=False)
+        return
     p = _handled(lambda: api.plan_study(config, tflops=tflops, mfu=mfu, chars_per_token=chars_per_token))
     out = Console()
     if not out.is_terminal:
@@ -315,6 +327,56 @@ def report(
 ) -> None:
     """Write the self-contained HTML report and print its path."""
     typer.echo(str(_handled(lambda: api.write_report(source, out, metric=metric))))
+
+
+def _print_frame(frame, title: str, floats: str = "{:+.2f}", out: Console | None = None) -> None:
+    """A small table of a frame, numbers rounded; the full precision is in the CSV."""
+    out = out or (Console() if Console().is_terminal else Console(width=200))
+    table = Table(title=title)
+    for column in frame.columns:
+        table.add_column(str(column), justify="right" if frame[column].dtype.kind in "fi" else "left", no_wrap=True)
+    for row in frame.itertuples(index=False):
+        table.add_row(
+            *(
+                (f"{v:.2f}" if str(c).startswith("p_") else floats.format(v)) if isinstance(v, float) else str(v)
+                for c, v in zip(frame.columns, row)
+            )
+        )
+    out.print(table)
+
+
+@app.command()
+def predict(
+    source: Path = typer.Argument(..., help="a study directory, or a results CSV in the published schema"),
+    out: Path = typer.Option(None, help="directory for predicted_transfer.csv (and predict_cv.csv)"),
+    cv: int = typer.Option(None, "--cv", help="also score the predictions by K-fold cross-validation over held-out sources"),
+    metric: str = typer.Option(None, "--metric", help=METRIC_HELP),
+    seed: int = typer.Option(0, "--seed", help="seed of the inner cross-validation's folds"),
+) -> None:
+    """Predict every unmeasured (model, source, target) cell of the grid, with 90% intervals and P(harm)."""
+    result = _handled(lambda: api.predict(source, out, cv=cv, metric=metric, seed=seed))
+    cells = result.cells
+    console.print(
+        f"{int((~cells['measured']).sum()):,} of {len(cells):,} cells predicted, {int(cells['measured'].sum()):,} measured "
+        f"-> {result.out_dir / 'predicted_transfer.csv'}"
+    )
+    if result.cross_validation is not None:
+        columns = ["scheme", "method", "model_name", "rmse", "mae", "spearman", "sign_accuracy", "harm_auc", "coverage"]
+        _print_frame(result.cross_validation[columns], f"{cv}-fold cross-validation over held-out sources", "{:.3f}")
+
+
+@app.command()
+def recommend(
+    source: Path = typer.Argument(..., help="a study directory, or a results CSV in the published schema"),
+    targets: list[str] = typer.Option(..., "--targets", help="target patterns: 'truthfulqa/*', '*/hi', 'hi'; repeat for more"),
+    model: str = typer.Option(None, "--model", help="rank the sources of this model only"),
+    top: int = typer.Option(10, "--top", help="sources listed per model"),
+    max_harm: float = typer.Option(None, "--max-harm", help="drop sources whose P(harming any chosen target by >= 1 pp) exceeds this"),
+    metric: str = typer.Option(None, "--metric", help=METRIC_HELP),
+) -> None:
+    """Rank sources to fine-tune on by expected mean gain over the chosen targets, measured or predicted."""
+    ranked = _handled(lambda: api.recommend(source, targets, model=model, top=top, max_harm=max_harm, metric=metric))
+    _print_frame(ranked, f"what to fine-tune on for {', '.join(targets)} (Δ in pp, 90% interval)")
 
 
 @app.command()
