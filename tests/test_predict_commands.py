@@ -113,3 +113,16 @@ def test_a_study_whose_settings_file_is_broken_is_named(tmp_path):
     (tmp_path / "config.json").write_text("{not json")
     done = donors("analyze", str(tmp_path))
     assert done.returncode == 2 and "config.json: not the JSON `donors run` writes" in " ".join(done.stderr.split())
+
+
+def test_the_report_shows_what_to_fine_tune_on_and_marks_predicted_cells(measured, tmp_path):
+    page_path = api.write_report(measured, tmp_path / "report.html")
+    page = page_path.read_text()
+    assert "What to fine-tune on" in page and "Measured and predicted transfer: smollm2-135m" in page
+    assert "6 of 36 cells predicted" in page
+    assert (tmp_path / "figures" / "predicted_matrix__smollm2-135m.png").is_file()
+    # The report's own copy of the results holds the measurements only.
+    assert len(pd.read_csv(page_path.with_suffix(".results.csv"))) == len(pd.read_csv(measured))
+    advice = api.analyze(measured, tmp_path / "tables").tables["what_to_fine_tune_on"]
+    assert set(advice["targets"]) == {"all targets", "number_words/*", "cldr_continent/*"}
+    assert (advice.groupby("targets")["rank"].max() == 3).all()

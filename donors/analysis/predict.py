@@ -821,6 +821,12 @@ def fine_tuning_advice(table: pd.DataFrame, *, top: int = 3) -> pd.DataFrame:
     return advice[["targets", *RECOMMEND_COLUMNS]].sort_values([MODEL, "targets", "rank"], kind="stable", ignore_index=True)
 
 
+def prediction_tables(results) -> dict[str, pd.DataFrame]:
+    """What a study's analysis adds: ``predicted_transfer`` (every cell, measured or predicted) and ``what_to_fine_tune_on``."""
+    table = predict_transfer(results)
+    return {"predicted_transfer": table, "what_to_fine_tune_on": fine_tuning_advice(table)}
+
+
 # --- generated tables with planted structure ------------------------------------------------
 
 SYNTHETIC_TASKS = ("arc_challenge", "global_mmlu", "hellaswag", "truthfulqa")

@@ -15,6 +15,7 @@ import pandas as pd
 from donors.analysis.constants import DELTA, MODEL, SOURCE_LANGUAGE, SOURCE_TASK, TARGET_LANGUAGE, TARGET_TASK
 from donors.analysis.metrics import BIAS_FREE_METRIC, item_scores, target_scores
 from donors.analysis.paired import PairedBootstrap, paired_statistics, paired_tables, regime_summary_by_model
+from donors.analysis.predict import prediction_tables
 from donors.analysis.published import SKIPPED_ANALYSES, run_analysis, run_published_analyses, skipped_table
 from donors.analysis.transfer import TransferMatrix, results_table
 from donors.analysis.validity import (
@@ -213,6 +214,7 @@ def study_tables(
     for model in sorted(results["model_name"].unique()):
         run(f"transfer_matrix__{path_component(model)}", functools.partial(_transfer_matrix, results, model))
     run("regime_summary_by_model", functools.partial(regime_summary_by_model, results))
+    tables.update(run_analysis("transfer_prediction", functools.partial(prediction_tables, results), skipped) or {})
     if stored is not None:
         tables.update(run_analysis("validity", lambda: validity_tables(stored, published_metric, bias_free_metric), skipped) or {})
         tables.update(run_analysis("item_level_tables", lambda: paired_tables(*stored.paired(metric or published_metric)), skipped) or {})

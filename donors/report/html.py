@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from donors.grid import path_component  # noqa: E402
-from donors.report.figures import donor_recipient_figure, significance_heatmap, transfer_heatmap  # noqa: E402
+from donors.report.figures import donor_recipient_figure, predicted_heatmap, significance_heatmap, transfer_heatmap  # noqa: E402
 
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
@@ -243,6 +243,7 @@ def _summary(tables: dict[str, pd.DataFrame]) -> list[str]:
 
 SHOWN_TABLES = frozenset(
     {
+        "what_to_fine_tune_on",
         "regime_summary",
         "regime_summary_by_model",
         "language_donor_recipient",
@@ -306,6 +307,33 @@ def _matrix_sections(tables: dict[str, pd.DataFrame], figure_path) -> list[str]:
             parts += _section(
                 f"Transfer matrix: {model}", _png(transfer_heatmap(matrix, title=f"{model}: transfer (pp)"), figure_path(name))
             )
+    return parts
+
+
+def _prediction_sections(tables: dict[str, pd.DataFrame], figure_path) -> list[str]:
+    """What to fine-tune on, then each model's matrix with the unmeasured cells predicted (docs/predict.md)."""
+    advice, cells = tables.get("what_to_fine_tune_on"), tables.get("predicted_transfer")
+    if advice is None or cells is None or advice.empty:
+        return []
+    shown = advice.rename(columns={"fine_tuned_dataset": "source task", "fine_tuned_language": "source language"})
+    parts = _section(
+        "What to fine-tune on",
+        _table(shown.drop(columns=["n_targets"])),
+        note="Per model, the three sources with the highest expected mean Δ (pp) over all targets and over each target task; "
+        "gain_lo..gain_hi averages the cells' 90% intervals; p_harm_any: the probability that the source harms at least one "
+        "of those targets by 1 pp or more; measured: the source was trained, else its row is predicted from the measured "
+        "sources by the transfer model.",
+    )
+    for model, rows in cells.groupby("model_name", sort=True):
+        if rows["measured"].all():
+            continue
+        name = f"predicted_matrix__{path_component(str(model))}"
+        parts += _section(
+            f"Measured and predicted transfer: {model}",
+            _png(predicted_heatmap(rows, title=f"{model}: Δ (pp), predicted cells dotted"), figure_path(name)),
+            note=f"{int((~rows['measured']).sum()):,} of {len(rows):,} cells predicted; predicted_transfer.csv holds each "
+            "one's 90% interval and P(Δ ≤ −1 pp). Predictions are never written into the results store.",
+        )
     return parts
 
 
@@ -392,6 +420,7 @@ def build_report(
         *_settings_sections(settings),
         *_regime_sections(tables),
         *_matrix_sections(tables, figure_path),
+        *_prediction_sections(tables, figure_path),
         *_role_sections(tables, figure_path),
         *_significance_sections(tables, figure_path),
         *_spread_sections(tables),
