@@ -122,12 +122,13 @@ def evaluate_states(
         else:
             try:
                 adapter_digest(adapter_path)  # safetensors present: PEFT never falls back to a pickled .bin
+                # The adapter in the base's dtype: what training's forward computed with (see FusedLoraLinear).
                 if peft_model is None:
-                    peft_model = PeftModel.from_pretrained(base, adapter_path, adapter_name="current")
+                    peft_model = PeftModel.from_pretrained(base, adapter_path, adapter_name="current", autocast_adapter_dtype=False)
                 else:
                     if "current" in peft_model.peft_config:
                         peft_model.delete_adapter("current")
-                    peft_model.load_adapter(adapter_path, adapter_name="current")
+                    peft_model.load_adapter(adapter_path, adapter_name="current", autocast_adapter_dtype=False)
                     peft_model.set_adapter("current")
             except Exception as error:  # noqa: BLE001 - this state's targets fail; the other states go on
                 for target in targets:
