@@ -100,9 +100,22 @@ class FusedLoraLinear(PeftLoraLinear):
     the base output is accumulated into where it lies, so no pass over the layer's output is
     spent on them (an out-of-place ``addmm`` would copy it first). In place is safe for
     autograd: the base matmul's backward needs its input and weight, never its output.
+
+    Adapter dtype under a bf16 (or fp16) base, decided here: the LoRA parameters are fp32
+    master weights (``get_peft_model(..., autocast_adapter_dtype=True)``, see :func:`train_lora`),
+    and the forward computes in the base's dtype with a cast copy of ``A`` and ``B`` (``r x d``
+    each, a few MB for a whole 8B model). So AdamW's updates land on fp32 weights (a bf16
+    weight would drop updates below 2^-8 of its size, and ``B`` starts at zero), while no
+    activation is ever upcast: PEFT's own forward casts each projection's input to the
+    adapter's fp32 and keeps those fp32 copies for the backward (about 20 GB for an 8B model at
+    8 x 512 tokens). The gradients come back through the cast as fp32. The adapter is saved in
+    fp32; scoring loads it in the base's dtype (``autocast_adapter_dtype=False``), which is
+    exactly the copy this forward computed with. In fp32 nothing is cast and the fast path is
+    what it always was, bit for bit.
+
     Anything this does not cover (dropout, several or merged or disabled adapters, LoRA
-    variants, a quantised base, an adapter kept in another dtype than the base) goes through
-    PEFT's forward unchanged.
+    variants or a LoRA bias, a quantised base, an input in another dtype than the base, an
+    adapter in neither the base's dtype nor fp32) goes through PEFT's forward unchanged.
     """
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
@@ -118,13 +131,18 @@ class FusedLoraLinear(PeftLoraLinear):
             or name not in self.lora_A
             or name in self.lora_variant
             or not isinstance(self.lora_dropout[name], torch.nn.Identity)
-            or self.lora_A[name].weight.dtype != base.weight.dtype
+            or self.lora_B[name].bias is not None
             or x.dtype != base.weight.dtype
+            or self.lora_A[name].weight.dtype not in (x.dtype, torch.float32)
+            or self.lora_B[name].weight.dtype != self.lora_A[name].weight.dtype
         ):
             return super().forward(x, *args, **kwargs)
+        lora_a, lora_b = self.lora_A[name].weight, self.lora_B[name].weight
+        if lora_a.dtype != x.dtype:  # fp32 master weights, computed with in the base's dtype
+            lora_a, lora_b = lora_a.to(x.dtype), lora_b.to(x.dtype)
         flat = x.reshape(-1, x.shape[-1])
         out = F.linear(flat, base.weight, base.bias)
-        out.addmm_(F.linear(flat, self.lora_A[name].weight), self.lora_B[name].weight.t(), alpha=self.scaling[name])
+        out.addmm_(F.linear(flat, lora_a), lora_b.t(), alpha=self.scaling[name])
         return out.view(*x.shape[:-1], out.shape[-1])
 
 
@@ -321,7 +339,8 @@ def train_lora(
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning)  # a transformers deprecation inside peft
-        peft_model = get_peft_model(model, peft_lora_config(lora))
+        # fp32 master weights for the adapter whatever the base's dtype; the forward computes in the base's (FusedLoraLinear).
+        peft_model = get_peft_model(model, peft_lora_config(lora), autocast_adapter_dtype=True)
     try:
         # The frozen norms as one autograd node each: fewer passes over the activations, same values.
         with frozen_rms_norms(peft_model):
