@@ -22,6 +22,7 @@ import functools
 import hashlib
 import importlib.metadata
 import json
+import logging
 import os
 import shutil
 import warnings
@@ -43,6 +44,8 @@ if TYPE_CHECKING:
 
 # PEFT still calls a transformers method deprecated in v5; the warning says nothing to our users.
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+
+logger = logging.getLogger(__name__)
 
 
 @functools.cache
@@ -391,15 +394,41 @@ def _fetch_hub_config(entry: str, cache: Path) -> str:
 
 
 def pick_dtype(requested: str = "auto") -> torch.dtype:
+    """The dtype to load a model in: ``float32`` or ``bfloat16`` as requested, or for ``auto`` the device's best.
+
+    ``auto`` is bf16 only on a GPU that computes in bf16 natively (Ampere and later:
+    ``torch.cuda.is_bf16_supported(including_emulation=False)``). Older GPUs (V100, T4) only
+    emulate bf16, far slower than fp32; their fast half precision, fp16, would need loss
+    scaling to train without underflowing gradients, which training here does not do. So they
+    get fp32, and the log says so. The CPU always gets fp32.
+    """
     import torch
 
     if requested == "float32":
         return torch.float32
     if requested == "bfloat16":
         return torch.bfloat16
-    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+    if not torch.cuda.is_available():
+        return torch.float32
+    if torch.cuda.is_bf16_supported(including_emulation=False):
         return torch.bfloat16
+    _warn_no_native_bf16()
     return torch.float32
+
+
+@functools.cache
+def _warn_no_native_bf16() -> None:
+    import torch
+
+    try:
+        device = torch.cuda.get_device_name()
+    except Exception:  # noqa: BLE001 - only the message's wording depends on it
+        device = "this GPU"
+    logger.warning(
+        "dtype auto: %s has no native bf16 (only emulated, slower than fp32) and fp16 would need loss scaling to train, "
+        "so models load in float32 (twice the memory of bf16); set dtype: bfloat16 in the study config to force bf16",
+        device,
+    )
 
 
 def pick_device() -> torch.device:

@@ -6,6 +6,9 @@ suite runs the same on a machine with a GPU: nothing is moved off the CPU.
 
 from __future__ import annotations
 
+import logging
+
+import pytest
 import torch
 from peft import get_peft_model
 from peft.tuners.lora.layer import Linear as PeftLoraLinear
@@ -145,3 +148,39 @@ def test_fp32_fast_path_is_unchanged(monkeypatch):
     flat = x.reshape(-1, x.shape[-1])
     want = torch.nn.functional.linear(flat, layer.base_layer.weight).addmm_(flat @ a.t(), b.t(), alpha=layer.scaling["default"])
     assert torch.equal(got, want.view(3, 5, -1))
+
+
+@pytest.mark.parametrize(
+    "cuda, native, emulated, expected",
+    [
+        (False, False, False, torch.float32),  # the CPU
+        (True, True, True, torch.bfloat16),  # Ampere and later
+        (True, False, True, torch.float32),  # V100, T4: bf16 only emulated
+        (True, False, False, torch.float32),
+    ],
+)
+def test_auto_dtype_is_bf16_only_where_the_gpu_computes_it_natively(monkeypatch, caplog, cuda, native, emulated, expected):
+    """Item 3: ``is_bf16_supported()`` counts emulation; auto asks for native support and falls back to fp32, said in the log."""
+    from donors import models
+
+    asked = []
+
+    def is_bf16_supported(including_emulation: bool = True):
+        asked.append(including_emulation)
+        return native or (including_emulation and emulated)
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", is_bf16_supported)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Tesla V100-SXM2-32GB")
+    models._warn_no_native_bf16.cache_clear()
+    with caplog.at_level(logging.WARNING, logger="donors.models"):
+        assert models.pick_dtype("auto") is expected
+        assert models.pick_dtype("auto") is expected
+    assert models.pick_dtype("float32") is torch.float32 and models.pick_dtype("bfloat16") is torch.bfloat16
+    assert all(flag is False for flag in asked) and len(asked) == (2 if cuda else 0)
+    warned = [r.getMessage() for r in caplog.records if r.name == "donors.models"]
+    if cuda and not native:
+        assert len(warned) == 1 and "Tesla V100" in warned[0] and "float32" in warned[0] and "loss scaling" in warned[0]
+        assert torch.float16 is not expected  # never fp16 without loss scaling
+    else:
+        assert not warned
