@@ -163,12 +163,42 @@ class TrainConfig(_Section):
         False,
         description="allow a train.prompt_format other than eval.prompt_format (refused otherwise: the scores would measure a format change)",
     )
+    deterministic: bool = Field(
+        True,
+        description="on a GPU, train with deterministic kernels (torch.use_deterministic_algorithms, CUBLAS_WORKSPACE_CONFIG=:4096:8), "
+        "so a retried job trains the same adapter; each adapter records whether its run was (versions.deterministic). Cost: "
+        "some backward kernels (attention, index accumulation) run slower deterministic variants and cuBLAS keeps a larger "
+        "workspace, expected a few percent of a step, unmeasured here; a kernel with no deterministic variant warns and the "
+        "run is recorded as not deterministic. No effect on CPUs, whose kernels are deterministic already. Not part of the recipe",
+    )
 
     @model_validator(mode="after")
     def _micro_divides(self) -> "TrainConfig":
         if self.micro_batch_size and self.batch_size % self.micro_batch_size:
             raise ValueError(f"micro_batch_size {self.micro_batch_size} must divide batch_size {self.batch_size}")
         return self
+
+
+class VllmConfig(_Section):
+    """Options of the vLLM engine (``eval.backend: vllm``); unset, vLLM's own defaults."""
+
+    gpu_memory_utilization: float | None = Field(
+        None,
+        gt=0.0,
+        le=1.0,
+        description="share of the GPU's memory the engine may take (weights, activations, KV cache); vLLM refuses to start "
+        "when less than this is free. Unset: vLLM's default (0.9); lower it when another process shares the GPU",
+    )
+    max_model_len: int | None = Field(
+        None, ge=64, description="longest prompt in tokens, also the length prompts are cut to; unset: 4096. Part of the recipe when set"
+    )
+    enforce_eager: bool = Field(False, description="no CUDA graphs: slower, less memory and a faster start")
+    max_num_seqs: int | None = Field(None, gt=0, description="requests batched together at most; unset: vLLM's default")
+    max_loras: int = Field(8, gt=0, description="adapters resident in the engine at once, so scored in one engine call")
+    engine_args: dict[str, Any] = Field(
+        default_factory=dict,
+        description="any other keyword of vllm.LLM (e.g. {tensor_parallel_size: 2, kv_cache_dtype: fp8}); part of the recipe when set",
+    )
 
 
 class EvalConfig(_Section):
@@ -198,6 +228,7 @@ class EvalConfig(_Section):
         description="native: our scorer; harness: lm-evaluation-harness on the same items, adapters swapped in-process; "
         "vllm: vLLM's multi-LoRA engine (optional: needs vLLM with LoRA support installed)",
     )
+    vllm: VllmConfig = Field(VllmConfig(), description="the vLLM engine's options, with eval.backend: vllm (section eval.vllm)")
     permutations: Literal["none", "cyclic"] = Field(
         "none",
         description="cyclic: score each item again under every cyclic rotation of its options (k passes for k options) and "
@@ -415,6 +446,12 @@ class StudyConfig(_Section):
         if self.train.max_items or self.eval.max_items:
             # Which items a cut keeps changed to gold-balanced subsets: a store cut the old way must not resume.
             recipe["subset"] = "balanced-by-gold-position"
+        # Engine options change no score, except the prompt length and options passed through unseen.
+        vllm = {k: v for k, v in recipe["eval"].pop("vllm").items() if k in ("max_model_len", "engine_args") and v}
+        if vllm:
+            recipe["eval"]["vllm"] = vllm
+        # Deterministic kernels change no result's distribution; each adapter records whether its run used them.
+        del recipe["train"]["deterministic"]
         if self.eval.backend == "native":
             # The default backend leaves the recipe as it was before backends existed, so stores made then still resume.
             del recipe["eval"]["backend"]
@@ -436,9 +473,11 @@ _REFERENCE_SECTIONS: tuple[tuple[str, str, type[_Section]], ...] = (
     ("lora", "lora.", LoraConfig),
     ("train", "train.", TrainConfig),
     ("eval", "eval.", EvalConfig),
+    ("eval.vllm", "eval.vllm.", VllmConfig),
     ("ray", "ray.", RayConfig),
 )
-_SECTION_ANCHORS = {cls: title.lower().replace(" ", "-") for title, _, cls in _REFERENCE_SECTIONS}
+_SECTION_ANCHORS = {cls: title.lower().replace(" ", "-").replace(".", "") for title, _, cls in _REFERENCE_SECTIONS}
+_SECTION_TITLES = {cls: title for title, _, cls in _REFERENCE_SECTIONS}
 _TYPE_NAMES = {str: "string", int: "integer", float: "number", bool: "boolean", Path: "path", Any: "any"}
 _BOUNDS = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
 
@@ -453,12 +492,12 @@ def _type_text(annotation: Any) -> str:
     if origin is tuple:
         item = args[0]
         if isinstance(item, type) and issubclass(item, _Section):
-            return f"list of [{_SECTION_ANCHORS[item]}](#{_SECTION_ANCHORS[item]}) entries"
+            return f"list of [{_SECTION_TITLES[item]}](#{_SECTION_ANCHORS[item]}) entries"
         return f"list of {_type_text(item)}"
     if origin is dict:
         return "mapping"
     if isinstance(annotation, type) and issubclass(annotation, _Section):
-        return f"mapping, see [{_SECTION_ANCHORS[annotation]}](#{_SECTION_ANCHORS[annotation]})"
+        return f"mapping, see [{_SECTION_TITLES[annotation]}](#{_SECTION_ANCHORS[annotation]})"
     return _TYPE_NAMES.get(annotation, getattr(annotation, "__name__", str(annotation)))
 
 

@@ -7,19 +7,24 @@ same code run in this process or in a Ray worker on another machine.
 
 from __future__ import annotations
 
+import gc
+import logging
+import os
 import platform
 import traceback
-from contextlib import nullcontext
+import warnings
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 
 from donors.config import StudyConfig
+from donors.errors import DonorsError
 from donors.evaluate import get_scorer
 from donors.grid import Cell
 from donors.jobs import TrainJob
-from donors.models import load_model
+from donors.models import load_model, pick_device
 from donors.records import AdapterRecord, ModelState, TargetResult
 from donors.tasks.data import fingerprint
 from donors.tasks.item import Item, stable_digest
@@ -37,6 +42,131 @@ def library_versions() -> dict[str, str]:
         "peft": peft.__version__,
         "donors": __import__("donors").__version__,
     }
+
+
+CUBLAS_WORKSPACE = ":4096:8"
+"""CUBLAS_WORKSPACE_CONFIG for deterministic cuBLAS; read when a process first uses cuBLAS, so set before that."""
+
+
+class DeviceError(DonorsError, RuntimeError):
+    """A worker that cannot use the accelerator it was given; the message names the fix."""
+
+
+def _given_gpus(ray_gpu_ids: Sequence | None = None) -> list[str]:
+    """The GPUs this process was given: Ray's assignment, else CUDA_VISIBLE_DEVICES (unset or empty: none)."""
+    if ray_gpu_ids:
+        return [str(i) for i in ray_gpu_ids]
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()
+    return [] if visible in ("", "-1", "NoDevFiles") else [v for v in visible.split(",") if v.strip()]
+
+
+def check_worker_device(ray_gpu_ids: Sequence | None = None) -> None:
+    """Refuse to start on the CPU when this process was given a GPU: the study would run, hundreds of times slower.
+
+    A CPU build of torch (``2.x+cpu``) is the usual cause: the fix is the CUDA build, named
+    in the message. A CUDA build that sees no device points at the driver instead.
+    """
+    given = _given_gpus(ray_gpu_ids)
+    if not given or torch.cuda.is_available():
+        return
+    where = f"GPU(s) {', '.join(given)} (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '')!r})"
+    if torch.version.cuda is None:
+        version = torch.__version__.split("+")[0]
+        raise DeviceError(
+            f"this worker on {platform.node()} was given {where} but torch {torch.__version__} is a CPU build, so it would "
+            f"train and score on the CPU. Install torch's CUDA build in this environment on every node: "
+            f"pip install torch=={version} --index-url https://download.pytorch.org/whl/cu126 (the cu12x at or below "
+            "the CUDA version nvidia-smi shows), or give the workers no GPU (ray.gpus_per_job: 0, CUDA_VISIBLE_DEVICES='')"
+        )
+    raise DeviceError(
+        f"this worker on {platform.node()} was given {where} but torch {torch.__version__} (CUDA {torch.version.cuda}) "
+        "sees no GPU: check the driver with nvidia-smi (a driver older than CUDA "
+        f"{torch.version.cuda} needs an older torch build), or give the workers no GPU (ray.gpus_per_job: 0)"
+    )
+
+
+def prepare_worker(config: StudyConfig, ray_gpu_ids: Sequence | None = None) -> None:
+    """What a process does before its first CUDA call: check the device, and ask cuBLAS for a deterministic workspace."""
+    check_worker_device(ray_gpu_ids)
+    if config.train.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
+
+
+@contextmanager
+def collect_warnings() -> Iterator[list[str]]:
+    """Warnings logged under ``donors`` (out-of-memory back-offs) while this runs, as text for the driver's log.
+
+    A Ray worker's log stays on its node; what is collected here travels back with its results.
+    """
+    collected: list[str] = []
+
+    class _Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            collected.append(f"{platform.node()}: {record.getMessage()}")
+
+    handler = _Collect(logging.WARNING)
+    logger = logging.getLogger("donors")
+    logger.addHandler(handler)
+    try:
+        yield collected
+    finally:
+        logger.removeHandler(handler)
+
+
+@contextmanager
+def deterministic_training(enabled: bool, device_type: str) -> Iterator[dict[str, str]]:
+    """Deterministic kernels on a CUDA device while this runs; the previous setting is restored after.
+
+    Yields ``{"deterministic": ...}`` for the adapter's record, filled in when the block ends:
+    "true" when the run used deterministic kernels only (always on a CPU, whose kernels are),
+    "false" when the mode was off on a GPU or an operation without a deterministic variant ran
+    (it warns instead of failing the run: ``warn_only``; the operation is named in the log).
+    """
+    outcome = {"deterministic": "true"}
+    if device_type != "cuda":
+        yield outcome
+        return
+    if not enabled:
+        outcome["deterministic"] = "false"
+        yield outcome
+        return
+    previous = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    env_before = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield outcome
+    finally:
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+        if env_before is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+    for warning in caught:
+        text = str(warning.message)
+        if "deterministic" in text:
+            outcome["deterministic"] = "false"
+            logging.getLogger(__name__).warning("training was not deterministic: %s", text.splitlines()[0])
+        else:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+
+
+def free_device_memory() -> None:
+    """Return what the last unit of work left on the accelerator (its adapter, optimiser, cached blocks)."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def load_on_device(name: str, config: StudyConfig):
+    """``load_model``, its weights read straight onto the accelerator (no full copy in host memory first)."""
+    device = pick_device()
+    with torch.device(device) if device.type != "cpu" else nullcontext():
+        return load_model(name, dtype=config.dtype, trust_remote_code=config.trust_remote_code)
+
+
+def _device_type(model) -> str:
+    return next(model.parameters()).device.type
 
 
 def describe(error: BaseException) -> str:
@@ -57,20 +187,21 @@ def train_adapter(
     ``base``: an already loaded (model, tokenizer) of ``job.model`` to train on (it comes back
     unchanged, frozen); by default a fresh one is loaded.
     """
-    model, tokenizer = base or load_model(job.model, dtype=config.dtype, trust_remote_code=config.trust_remote_code)
+    model, tokenizer = base or load_on_device(job.model, config)
     path = job.adapter_dir(storage_dir, key=stable_digest(config.recipe_hash() + fingerprint(items))[:12])
-    result = train_lora(
-        model,
-        tokenizer,
-        items,
-        lora=config.lora,
-        train=config.train_config_for(job.source.task),
-        seed=job.seed,
-        output_dir=path,
-        model_name=job.model,
-        prompt_format=config.train_format,
-        on_step=on_step,
-    )
+    with deterministic_training(config.train.deterministic, _device_type(model)) as determinism:
+        result = train_lora(
+            model,
+            tokenizer,
+            items,
+            lora=config.lora,
+            train=config.train_config_for(job.source.task),
+            seed=job.seed,
+            output_dir=path,
+            model_name=job.model,
+            prompt_format=config.train_format,
+            on_step=on_step,
+        )
     return AdapterRecord(
         adapter_id=job.job_id,
         model=job.model,
@@ -84,7 +215,7 @@ def train_adapter(
         best_epoch=result.best_epoch,
         validation_losses=result.validation_losses,
         train_seconds=result.seconds,
-        versions=library_versions(),
+        versions={**library_versions(), **determinism},
         sha256=adapter_digest(path),
     )
 

@@ -1,0 +1,119 @@
+"""What differs on a GPU machine, exercised on the CPU with the device queries monkeypatched (issue 18)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from donors.config import config_from_dict
+from donors.execute import work
+from donors.grid import Cell
+from donors.jobs import TrainJob
+from donors.train.lora import TrainResult
+
+GRID = {"name": "gpu", "models": ["smollm2-135m"], "tasks": ["number_words"], "languages": ["en"], "seeds": [17]}
+
+
+def config(**overrides):
+    return config_from_dict({**GRID, **overrides})
+
+
+class _TinyLM(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layer = torch.nn.Linear(2, 2)
+
+
+def _fake_training(seen: dict, warn: str | None = None):
+    def train_lora(model, tokenizer, items, **kwargs):
+        seen["enabled"] = torch.are_deterministic_algorithms_enabled()
+        seen["warn_only"] = torch.is_deterministic_algorithms_warn_only_enabled()
+        seen["cublas"] = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+        if warn:
+            import warnings
+
+            warnings.warn(warn, UserWarning)
+        Path(kwargs["output_dir"]).mkdir(parents=True)
+        return TrainResult(("a",), (), (), None, 0.1, 1)
+
+    return train_lora
+
+
+@pytest.mark.parametrize(
+    ("deterministic", "warn", "recorded"),
+    [(True, None, "true"), (False, None, "false"), (True, "x does not have a deterministic implementation", "false")],
+)
+def test_training_on_a_gpu_is_deterministic_by_default_restored_after_and_recorded(tmp_path, monkeypatch, deterministic, warn, recorded):
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    monkeypatch.setattr(work, "_device_type", lambda model: "cuda")
+    monkeypatch.setattr(work, "adapter_digest", lambda path: "0" * 64)
+    seen: dict = {}
+    monkeypatch.setattr(work, "train_lora", _fake_training(seen, warn))
+    study = config(train={"deterministic": deterministic})
+    job = TrainJob("smollm2-135m", Cell("number_words", "en"), 17)
+    assert not torch.are_deterministic_algorithms_enabled()
+    record = work.train_adapter(study, job, [], tmp_path, base=(_TinyLM(), None))
+    assert seen["enabled"] is deterministic and seen["cublas"] == (":4096:8" if deterministic else None)
+    assert seen["warn_only"] is deterministic  # an op without a deterministic kernel warns, it does not fail the run
+    assert not torch.are_deterministic_algorithms_enabled() and "CUBLAS_WORKSPACE_CONFIG" not in os.environ
+    assert record.versions["deterministic"] == recorded
+    assert "torch" in record.versions
+
+
+def test_training_on_the_cpu_is_recorded_deterministic_without_changing_torchs_mode(tmp_path, monkeypatch):
+    monkeypatch.setattr(work, "adapter_digest", lambda path: "0" * 64)
+    seen: dict = {}
+    monkeypatch.setattr(work, "train_lora", _fake_training(seen))
+    job = TrainJob("smollm2-135m", Cell("number_words", "en"), 17)
+    record = work.train_adapter(config(), job, [], tmp_path, base=(_TinyLM(), None))
+    assert seen["enabled"] is False and record.versions["deterministic"] == "true"
+
+
+def test_the_deterministic_switch_is_not_part_of_the_recipe():
+    assert config().recipe_hash() == config(train={"deterministic": False}).recipe_hash()
+    assert "deterministic" in config().model_dump()["train"]
+
+
+# --- item 14: a GPU given to a CPU build of torch ---
+
+
+@pytest.mark.parametrize("visible", ["0", "2,3"])
+def test_a_worker_given_a_gpu_with_a_cpu_build_of_torch_fails_naming_the_fix(monkeypatch, visible):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.version, "cuda", None)
+    with pytest.raises(work.DeviceError, match=r"CPU build.*pip install torch==[0-9.]+ --index-url https://download.pytorch.org/whl/cu12"):
+        work.check_worker_device()
+
+
+def test_a_gpu_assigned_by_ray_counts_and_a_cuda_build_without_a_device_points_at_the_driver(monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.version, "cuda", "12.6")
+    with pytest.raises(work.DeviceError, match="nvidia-smi"):
+        work.check_worker_device(ray_gpu_ids=[0])
+
+
+@pytest.mark.parametrize("visible", [None, "", "-1"])
+def test_a_worker_given_no_gpu_runs_on_the_cpu(monkeypatch, visible):
+    if visible is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.version, "cuda", None)
+    work.check_worker_device()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    work.check_worker_device(ray_gpu_ids=[1])  # a GPU it can use
+
+
+def test_warnings_logged_in_a_worker_are_collected_for_the_driver():
+    with work.collect_warnings() as collected:
+        logging.getLogger("donors.train.lora").warning("out of memory at step %d with micro-batch %d; retrying with %d", 3, 8, 4)
+        logging.getLogger("donors.train.lora").info("not a warning")
+    logging.getLogger("donors.train.lora").warning("after: not collected")
+    assert len(collected) == 1 and collected[0].endswith("out of memory at step 3 with micro-batch 8; retrying with 4")
