@@ -13,6 +13,7 @@ from donors.config import config_from_dict
 from donors.execute import work
 from donors.grid import Cell
 from donors.jobs import TrainJob
+from donors.records import ModelState
 from donors.train.lora import TrainResult
 
 GRID = {"name": "gpu", "models": ["smollm2-135m"], "tasks": ["number_words"], "languages": ["en"], "seeds": [17]}
@@ -117,3 +118,83 @@ def test_warnings_logged_in_a_worker_are_collected_for_the_driver():
         logging.getLogger("donors.train.lora").info("not a warning")
     logging.getLogger("donors.train.lora").warning("after: not collected")
     assert len(collected) == 1 and collected[0].endswith("out of memory at step 3 with micro-batch 8; retrying with 4")
+
+
+# --- item 10: the vLLM engine's options, and an engine that cannot start ---
+
+
+def _fake_vllm(monkeypatch, seen: dict, error: Exception | None):
+    """A stand-in vllm module: its engine records what it was given, and raises ``error`` at start-up."""
+    import sys
+    import types
+
+    class LLM:
+        def __init__(self, **kwargs):
+            seen["engine"] = kwargs
+            seen["cuda_freed"] = seen.get("empty_cache_calls", 0)
+            if error:
+                raise error
+
+    vllm = types.ModuleType("vllm")
+    vllm.LLM, vllm.SamplingParams, vllm.TokensPrompt = LLM, object, object
+    lora = types.ModuleType("vllm.lora")
+    request = types.ModuleType("vllm.lora.request")
+    request.LoRARequest = object
+    for name, module in (("vllm", vllm), ("vllm.lora", lora), ("vllm.lora.request", request)):
+        monkeypatch.setitem(sys.modules, name, module)
+    monkeypatch.setattr(work, "free_device_memory", lambda: seen.__setitem__("empty_cache_calls", seen.get("empty_cache_calls", 0) + 1))
+
+
+def _vllm_work():
+    base = ModelState("smollm2-135m")
+    adapter = ModelState("smollm2-135m", Cell("number_words", "en"), 17)
+    targets = [Cell("number_words", "en"), Cell("number_words", "de")]
+    return [(base, None, targets), (adapter, "/nowhere/adapter", targets)], {t: [] for t in targets}
+
+
+def test_a_vllm_engine_that_cannot_start_fails_its_pairs_and_the_study_goes_on(monkeypatch):
+    seen: dict = {}
+    _fake_vllm(monkeypatch, seen, ValueError("Free memory on device (20.1/79.2 GiB) is less than desired GPU memory utilization"))
+    study = config(eval={"backend": "vllm", "chat_template": False})
+    work_list, items = _vllm_work()
+    results, failures = [], []
+    work.evaluate_states(
+        study, "smollm2-135m", work_list, items, lambda s, r: results.append((s, r)), lambda s, t, e: failures.append((s, t, e))
+    )
+    assert results == [] and len(failures) == 4
+    assert all(isinstance(e, ValueError) and "Free memory" in str(e) for _, _, e in failures)
+    assert seen["cuda_freed"] == 1  # training's memory was released before the engine started
+
+
+def test_the_vllm_options_of_the_config_reach_the_engine_and_unset_ones_leave_vllms_defaults(monkeypatch):
+    seen: dict = {}
+    _fake_vllm(monkeypatch, seen, RuntimeError("stop after start-up"))
+    work_list, items = _vllm_work()
+    options = {
+        "gpu_memory_utilization": 0.55,
+        "max_model_len": 2048,
+        "enforce_eager": True,
+        "max_loras": 4,
+        "engine_args": {"swap_space": 2},
+    }
+    study = config(eval={"backend": "vllm", "chat_template": False, "vllm": options})
+    work.evaluate_states(study, "smollm2-135m", work_list, items, lambda *a: None, lambda *a: None)
+    engine = seen["engine"]
+    assert (engine["gpu_memory_utilization"], engine["max_model_len"], engine["enforce_eager"], engine["max_loras"]) == (
+        0.55,
+        2048,
+        True,
+        4,
+    )
+    assert engine["swap_space"] == 2
+    default = config(eval={"backend": "vllm", "chat_template": False})
+    work.evaluate_states(default, "smollm2-135m", work_list, items, lambda *a: None, lambda *a: None)
+    assert not {"gpu_memory_utilization", "enforce_eager", "max_num_seqs", "swap_space"} & set(seen["engine"])
+    assert seen["engine"]["max_model_len"] == 4096 and seen["engine"]["max_loras"] == 8
+    # The recipe: unchanged by options that change no score, changed by the prompt length.
+    assert (
+        default.recipe_hash()
+        == config(eval={"backend": "vllm", "chat_template": False, "vllm": {"gpu_memory_utilization": 0.5}}).recipe_hash()
+    )
+    assert default.recipe_hash() != study.recipe_hash()
+    assert "vllm" not in config().recipe()["eval"]

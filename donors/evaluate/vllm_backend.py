@@ -71,13 +71,16 @@ class VllmScorer:
         dtype: str = "auto",
         trust_remote_code: bool = False,
         max_loras: int = MAX_LORAS,
+        max_model_len: int | None = None,
         engine_args: Mapping | None = None,
     ):
+        """``engine_args``: further keywords of ``vllm.LLM`` (``eval.vllm`` of the config: gpu_memory_utilization, ...)."""
         vllm, self._LoRARequest = import_vllm()
         self.model_name = model_name
         self.chat_template = chat_template
         self.prompt_format = prompt_format
         self.max_loras = max_loras
+        self.max_model_len = max_model_len or MAX_MODEL_LEN
         self.tokenizer = load_tokenizer(model_name, trust_remote_code=trust_remote_code)
         path = resolve_model(model_name)
         self.engine = vllm.LLM(
@@ -88,7 +91,7 @@ class VllmScorer:
             enable_lora=True,
             max_lora_rank=lora_slot_rank(lora_rank),
             max_loras=max_loras,
-            max_model_len=MAX_MODEL_LEN,
+            max_model_len=self.max_model_len,
             **{"enable_prefix_caching": True, "seed": 0, **dict(engine_args or {})},
         )
         self._SamplingParams, self._TokensPrompt = vllm.SamplingParams, vllm.TokensPrompt
@@ -139,7 +142,7 @@ class VllmScorer:
                     chat_template=self.chat_template,
                     prompt_format=self.prompt_format,
                     model_name=self.model_name,
-                    max_length=MAX_MODEL_LEN,
+                    max_length=self.max_model_len,
                 )
                 single = all(len(c) == 1 for r in requests for c in r.continuations)
                 first = len(prompts)

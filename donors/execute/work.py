@@ -280,24 +280,42 @@ def evaluate_states(
                     on_failure(state, target, error)
 
 
+def vllm_engine_args(config: StudyConfig) -> dict:
+    """``eval.vllm`` as keywords of ``vllm.LLM``: only the options set, so vLLM's own defaults hold otherwise."""
+    options = config.eval.vllm
+    args = {k: v for k in ("gpu_memory_utilization", "max_num_seqs") if (v := getattr(options, k)) is not None}
+    if options.enforce_eager:
+        args["enforce_eager"] = True
+    return {**args, **options.engine_args}
+
+
 def _evaluate_with_vllm(config, model_name, work, test_items, on_result, on_failure, on_items) -> None:
-    """The same work through one vLLM engine: each engine call scores several adapters together."""
+    """The same work through one vLLM engine: each engine call scores several adapters together.
+
+    The engine checks at start-up that its share of the GPU's memory is free: what training left
+    in this process is released first. An engine that cannot start fails every (state, target)
+    it was to score, recorded like any failure, and the study goes on.
+    """
     from donors.evaluate.vllm_backend import VllmScorer
 
-    scorer = VllmScorer(
-        model_name,
-        chat_template=config.eval.chat_template,
-        prompt_format=config.eval.prompt_format,
-        lora_rank=config.lora.r,
-        dtype=config.dtype,
-        trust_remote_code=config.trust_remote_code,
-    )
     pending = {(state, target) for state, _, targets in work for target in targets}
     states = [(state, adapter_path, {target: test_items[target] for target in targets}) for state, adapter_path, targets in work]
     try:
+        free_device_memory()
+        scorer = VllmScorer(
+            model_name,
+            chat_template=config.eval.chat_template,
+            prompt_format=config.eval.prompt_format,
+            lora_rank=config.lora.r,
+            dtype=config.dtype,
+            trust_remote_code=config.trust_remote_code,
+            max_loras=config.eval.vllm.max_loras,
+            max_model_len=config.eval.vllm.max_model_len,
+            engine_args=vllm_engine_args(config),
+        )
         for state, target, result in scorer.score_adapters(states, on_items=on_items):
             pending.discard((state, target))
             on_result(state, result)
-    except Exception as error:  # noqa: BLE001 - an engine call that fails fails the pairs it had not returned
+    except Exception as error:  # noqa: BLE001 - an engine that fails (at start or in a call) fails the pairs it had not returned
         for state, target in sorted(pending, key=str):
             on_failure(state, target, error)
