@@ -157,9 +157,22 @@ class HarnessScorer:
         return {"tasks": {n: self._tasks[n] for n in names}, "groups": {}, "group_map": {}}
 
     def _wrap(self, model, tokenizer):
-        """One ``HFLM`` per model object: swapping an adapter on it needs no new wrapper."""
+        """One ``HFLM`` per model object: swapping an adapter on it needs no new wrapper.
+
+        ``softmax_dtype=float32``: lm-eval's log-softmax over every position runs in fp32, not
+        in the model's dtype. The logits it reads are still the model's own, though: under a
+        bf16 model, rounded to bf16 (spaced 0.0625 at a logit of 10), where the native backend
+        reads the candidates' logits in fp32 (:func:`donors.models.fp32_head_logits`). So the
+        two backends agree in fp32 (log-likelihoods within 1e-3, the same answers,
+        tests/test_harness_agreement.py); in bf16 a log-likelihood differs by at most the
+        rounding of its logits to bf16, and the answers differ only where two choices' logits
+        are that close: there lm-eval may see a tie (which goes to the first choice) and the
+        native backend does not (tests/test_bf16.py measures it).
+        """
         if self._wrapped is not model:
-            self._lm = _quiet_hflm()(pretrained=model, tokenizer=tokenizer, batch_size=self.batch_size)
+            import torch
+
+            self._lm = _quiet_hflm()(pretrained=model, tokenizer=tokenizer, batch_size=self.batch_size, softmax_dtype=torch.float32)
             self._wrapped = model
         return self._lm
 

@@ -11,7 +11,10 @@ Built for this workload, with the log-likelihoods lm-evaluation-harness computes
 * continuation-style choices (option texts scored after the question, as the published ARC,
   HellaSwag and TruthfulQA lm-eval tasks do) encode the shared context once per item and
   reuse its key/value cache for all of that item's continuations, batched;
-* many adapters are scored in one process on one base model (the caller swaps them).
+* many adapters are scored in one process on one base model (the caller swaps them);
+* whatever the model's dtype, the head's rows that are read and the log-softmax run in fp32
+  (:func:`donors.models.fp32_head_logits`): a bf16 head would round near-equal candidates
+  to equal logits, and a tie goes to the first option.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from typing import Callable, Iterator, Mapping, Sequence
 import torch
 
 from donors.evaluate import Key, TargetResult, prediction, target_result
-from donors.models import causal_lm_parts, head_logits
+from donors.models import causal_lm_parts, fp32_head_logits
 from donors.records import ItemPrediction
 from donors.tasks.item import Item
 from donors.tasks.prompts import PromptFormat, ScoringRequest, build_requests
@@ -171,12 +174,12 @@ class _HeadQueue:
         if self.normalize:
             picked = torch.empty(len(rows), dtype=torch.float32, device=device)
             for start in range(0, len(hidden), HEAD_ROWS):
-                logprobs = torch.log_softmax(head_logits(hidden[start : start + HEAD_ROWS], self.head, self.softcap).float(), dim=-1)
+                logprobs = torch.log_softmax(fp32_head_logits(hidden[start : start + HEAD_ROWS], self.head, self.softcap), dim=-1)
                 here = (rows >= start) & (rows < start + HEAD_ROWS)
                 picked[here] = logprobs[rows[here] - start, tokens[here]]
         else:
             union, column = torch.unique(tokens, return_inverse=True)
-            picked = head_logits(hidden, self.head, self.softcap, token_ids=union).float()[rows, column]
+            picked = fp32_head_logits(hidden, self.head, self.softcap, token_ids=union)[rows, column]
         self.totals.index_add_(0, slots, picked.double())
         self.hidden, self.rows, self.tokens, self.slots, self.n = [], [], [], [], 0
 
@@ -334,7 +337,7 @@ def _full_continuation_logprobs(
             n_context = len(requests[r].context_ids)
             targets = torch.tensor(requests[r].continuations[c], device=device)
             positions = torch.arange(n_context - 1, n_context - 1 + len(targets), device=device)
-            logprobs = torch.log_softmax(head_logits(hidden[k, positions], head, softcap).float(), dim=-1)
+            logprobs = torch.log_softmax(fp32_head_logits(hidden[k, positions], head, softcap), dim=-1)
             out[r][c] = logprobs[torch.arange(len(targets)), targets].sum().item()
         if on_batch:
             on_batch(len({r for r, _ in chunk}))
