@@ -198,3 +198,27 @@ def test_the_vllm_options_of_the_config_reach_the_engine_and_unset_ones_leave_vl
     )
     assert default.recipe_hash() != study.recipe_hash()
     assert "vllm" not in config().recipe()["eval"]
+
+
+# --- item 6: the one-pass head loss on an accelerator ---
+
+
+def test_the_head_loss_chunks_by_device_and_waits_for_the_device_once_not_per_chunk(monkeypatch):
+    from donors.train import loss
+
+    assert loss.chunk_rows_for(torch.device("cpu")) == 1024
+    assert loss.chunk_rows_for(torch.device("cuda")) >= 32768  # a 262k head in a few matmuls, not 256 small ones
+    head = torch.nn.Linear(32, 4096, bias=False).requires_grad_(False)
+    hidden = torch.randn(6, 32, requires_grad=True)
+    labels = torch.tensor([0, 17, 1023, 1024, 4095, 2000])
+    expected = torch.nn.functional.cross_entropy(head(hidden), labels, reduction="sum")
+    syncs = []
+    for name in ("tolist", "item", "__bool__", "cpu"):
+        original = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name, lambda self, *a, _o=original, _n=name, **k: (syncs.append(_n), _o(self, *a, **k))[1])
+    original_tensor = torch.tensor
+    monkeypatch.setattr(torch, "tensor", lambda *a, **k: (syncs.append("tensor"), original_tensor(*a, **k))[1])
+    value = loss.linear_cross_entropy(hidden, head, labels, chunk_rows=64)  # 64 chunks
+    monkeypatch.undo()
+    assert syncs == ["__bool__"]  # the label check before the loop; nothing inside it
+    assert torch.allclose(value, expected, rtol=1e-5)
