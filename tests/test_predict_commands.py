@@ -126,3 +126,23 @@ def test_the_report_shows_what_to_fine_tune_on_and_marks_predicted_cells(measure
     advice = api.analyze(measured, tmp_path / "tables").tables["what_to_fine_tune_on"]
     assert set(advice["targets"]) == {"all targets", "number_words/*", "cldr_continent/*"}
     assert (advice.groupby("targets")["rank"].max() == 3).all()
+
+
+def test_a_one_seed_study_gives_measured_cells_their_item_bootstrap_interval(measured):
+    from donors.analysis.study import _with_item_level_se
+
+    results = pd.read_csv(measured).assign(delta_score_norm_se=float("nan"))
+    pairs = results.rename(
+        columns={
+            "model_name": "model",
+            "fine_tuned_dataset": "source_task",
+            "fine_tuned_language": "source_language",
+            "eval_dataset": "target_task",
+            "eval_language": "target_language",
+        }
+    ).assign(ci_low=lambda f: f["delta_score_norm_mean"] - 1.959964 * 2.0, ci_high=lambda f: f["delta_score_norm_mean"] + 1.959964 * 2.0)
+    filled = _with_item_level_se(results, pairs)
+    assert filled["delta_score_norm_se"].to_numpy() == pytest.approx(2.0)
+    cells = predict_transfer(filled)
+    kept = cells[cells["measured"]]
+    assert (kept["delta_hi"] - kept["delta_lo"]).to_numpy() == pytest.approx(2 * 1.644854 * 2.0, rel=1e-5)

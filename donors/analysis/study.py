@@ -15,7 +15,7 @@ import pandas as pd
 from donors.analysis.constants import DELTA, MODEL, SOURCE_LANGUAGE, SOURCE_TASK, TARGET_LANGUAGE, TARGET_TASK
 from donors.analysis.metrics import BIAS_FREE_METRIC, item_scores, target_scores
 from donors.analysis.paired import PairedBootstrap, paired_statistics, paired_tables, regime_summary_by_model
-from donors.analysis.predict import prediction_tables
+from donors.analysis.predict import DELTA_SE, prediction_tables
 from donors.analysis.published import SKIPPED_ANALYSES, run_analysis, run_published_analyses, skipped_table
 from donors.analysis.transfer import TransferMatrix, results_table
 from donors.analysis.validity import (
@@ -214,10 +214,11 @@ def study_tables(
     for model in sorted(results["model_name"].unique()):
         run(f"transfer_matrix__{path_component(model)}", functools.partial(_transfer_matrix, results, model))
     run("regime_summary_by_model", functools.partial(regime_summary_by_model, results))
-    tables.update(run_analysis("transfer_prediction", functools.partial(prediction_tables, results), skipped) or {})
     if stored is not None:
         tables.update(run_analysis("validity", lambda: validity_tables(stored, published_metric, bias_free_metric), skipped) or {})
         tables.update(run_analysis("item_level_tables", lambda: paired_tables(*stored.paired(metric or published_metric)), skipped) or {})
+    measured = _with_item_level_se(results, tables.get("transfer_pairs"))
+    tables.update(run_analysis("transfer_prediction", functools.partial(prediction_tables, measured), skipped) or {})
     for name in [name for name, table in tables.items() if table.empty] if partial else []:
         # On part of the grid an empty table says nothing: listed, with why, rather than written blank.
         del tables[name]
@@ -225,6 +226,23 @@ def study_tables(
     if skipped:
         tables[SKIPPED_ANALYSES] = skipped_table(skipped)
     return tables
+
+
+def _with_item_level_se(results: pd.DataFrame, pairs: pd.DataFrame | None) -> pd.DataFrame:
+    """``results`` with a Δ's standard error from the paired item bootstrap where the seeds give none (one seed).
+
+    A measured cell's interval in the prediction is then its sampling error over test items,
+    not a point: se = width of the 95% bootstrap interval / (2 x 1.96).
+    """
+    if pairs is None or pairs.empty:
+        return results
+    keys = {"model": MODEL, "source_task": SOURCE_TASK, "source_language": SOURCE_LANGUAGE}
+    keys |= {"target_task": TARGET_TASK, "target_language": TARGET_LANGUAGE}
+    bootstrap = pairs.rename(columns=keys).assign(item_se=(pairs["ci_high"] - pairs["ci_low"]) / (2 * 1.959964))
+    merged = results.merge(bootstrap[[*keys.values(), "item_se"]], on=list(keys.values()), how="left")
+    item_se = merged.pop("item_se")
+    merged[DELTA_SE] = pd.to_numeric(merged[DELTA_SE], errors="coerce").fillna(item_se) if DELTA_SE in merged else item_se
+    return merged
 
 
 NO_ROWS = "no data yet: the measured part of the grid holds none of the rows it reads, or too few for its minimums"
