@@ -444,17 +444,28 @@ def load_tokenizer(name: str, *, trust_remote_code: bool = False) -> PreTrainedT
     return tokenizer
 
 
-def load_model(name: str, *, dtype: str = "auto", trust_remote_code: bool = False) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load a model for scoring or LoRA training, in eval mode, on the best device.
+def load_model(
+    name: str, *, dtype: str = "auto", trust_remote_code: bool = False, device: str | torch.device | None = None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a model for scoring or LoRA training, in eval mode, on ``device`` (by default the best there is).
+
+    ``dtype="auto"`` on the CPU is fp32 even where a GPU is present (tests pin ``device="cpu"``
+    to compare against fp32 tolerances). A vision-language checkpoint (Gemma 3 4b and up)
+    comes back as its text model alone (:func:`text_only`): only text is ever scored or
+    trained, so the vision tower never reaches the device and LoRA never sees its projections.
 
     On the CPU this also sets ``TRANSFORMERS_SDPA_FORCE_GQA=1`` for the process (unless already
     set): grouped-query attention without copying key/value heads, the same logits.
     """
+    import torch
+
     path = resolve_model(name)
+    device = torch.device(device) if device is not None else pick_device()
+    torch_dtype = pick_dtype("float32" if dtype == "auto" and device.type == "cpu" else dtype)
     model = _transformers().AutoModelForCausalLM.from_pretrained(
-        path, dtype=pick_dtype(dtype), trust_remote_code=trust_remote_code, use_safetensors=True
+        path, dtype=torch_dtype, trust_remote_code=trust_remote_code, use_safetensors=True
     )
-    device = pick_device()
+    model = text_only(model)
     if device.type == "cpu":
         # torch's CPU attention takes grouped-query heads with a padding mask as they are; without
         # this, transformers copies every key/value head out to its query heads first (~3% of a step).
@@ -462,6 +473,43 @@ def load_model(name: str, *, dtype: str = "auto", trust_remote_code: bool = Fals
     model.to(device)
     model.eval()
     return model, load_tokenizer(name, trust_remote_code=trust_remote_code)
+
+
+def text_only(model: PreTrainedModel) -> PreTrainedModel:
+    """A vision-language model's text half as a causal LM of its own; any other model as it is.
+
+    ``AutoModelForCausalLM`` loads a Gemma 3 4b checkpoint as ``Gemma3ForConditionalGeneration``:
+    a SigLIP vision tower and projector (about 0.4B parameters) beside the language model. On
+    text the language model alone computes the same logits, so its decoder and head (the
+    same modules, tied weights and all, nothing copied) go into the text config's own causal
+    LM class (``Gemma3ForCausalLM``), and the vision tower is dropped before the model moves to
+    the device. Where the text class does not fit the decoder, the whole model is kept and
+    the log says so.
+    """
+    import torch
+
+    config = getattr(model.config, "text_config", None)
+    if config is None or getattr(model.config, "vision_config", None) is None:
+        return model
+    decoder, head = model.get_decoder(), model.get_output_embeddings()
+    try:
+        with torch.device("meta"):
+            text = _transformers().AutoModelForCausalLM.from_config(config)
+    except ValueError:  # no causal LM class for the text config
+        text = None
+    if text is None or type(getattr(text, "model", None)) is not type(decoder) or head is None:
+        logger.warning(
+            "%s: cannot take the text model out of this vision-language model; its vision tower stays loaded (unused, but on the device)",
+            type(model).__name__,
+        )
+        return model
+    text.model = decoder
+    text.set_output_embeddings(head)
+    text.generation_config = model.generation_config
+    text.config.name_or_path = model.config.name_or_path
+    if any(t.is_meta for t in (*text.parameters(), *text.buffers())):
+        raise ModelError(f"{type(model).__name__}: taking out its text model left weights unset")
+    return text
 
 
 def causal_lm_parts(model) -> tuple[torch.nn.Module, torch.nn.Module, float | None]:

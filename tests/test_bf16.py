@@ -310,3 +310,68 @@ def test_backends_in_bf16_agree_up_to_the_rounding_of_lm_evals_bf16_logits():
     assert _ties([p.logprobs for p in ours]) == 0
     assert _ties([q.logprobs for q in harness]) >= len(items) // 2  # measured: 22 of 24
     assert disagree <= len(items) // 4  # measured: 1 of 24
+
+
+def tiny_gemma3_vlm(seed: int = 0):
+    """A randomly initialised ``Gemma3ForConditionalGeneration``: Gemma 3 4b's architecture at toy size."""
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration
+
+    text = dict(
+        vocab_size=300,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=256,
+        sliding_window=16,
+    )
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8)
+    config = Gemma3Config(
+        text_config=text, vision_config=vision, mm_tokens_per_image=4, image_token_index=299, boi_token_index=297, eoi_token_index=298
+    )
+    torch.manual_seed(seed)
+    return Gemma3ForConditionalGeneration(config).eval()
+
+
+def test_a_gemma3_vision_language_checkpoint_loads_as_its_text_model(tmp_path, monkeypatch):
+    """Item 4: the vision tower is dropped on the CPU, before the move to the device; the text logits are the same."""
+    vlm = tiny_gemma3_vlm()
+    vlm.save_pretrained(tmp_path / "gemma3-vlm")
+    ids = torch.randint(1, 290, (2, 10))
+    with torch.no_grad():
+        want = vlm(input_ids=ids).logits
+    monkeypatch.setattr(models, "load_tokenizer", lambda name, **kw: "tokenizer")  # the checkpoint has none
+    moved = []
+    with monkeypatch.context() as patch:
+        patch.setattr(torch.nn.Module, "to", lambda self, *a, **k: moved.append(type(self).__name__) or self)
+        model, tokenizer = models.load_model(str(tmp_path / "gemma3-vlm"), device="cpu")
+    assert type(model).__name__ == "Gemma3ForCausalLM" and moved == ["Gemma3ForCausalLM"]
+    assert not any("vision" in name or "multi_modal" in name for name, _ in model.named_modules())
+    assert model.dtype == torch.float32 and not model.training
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight  # still tied
+    text_params = sum(p.numel() for p in vlm.model.language_model.parameters())
+    assert sum(p.numel() for p in model.parameters()) == text_params
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=ids).logits, want)
+    bf16, _ = models.load_model(str(tmp_path / "gemma3-vlm"), dtype="bfloat16", device="cpu")
+    assert bf16.dtype == torch.bfloat16 and type(bf16).__name__ == "Gemma3ForCausalLM"
+
+
+def test_lora_never_adapts_a_vision_tower():
+    """Item 4: PEFT matches target_modules by suffix, and SigLIP has q_proj, k_proj and v_proj too."""
+    vlm = tiny_gemma3_vlm()
+    lora = LoraConfig(r=4, alpha=8)
+
+    def adapted(config):
+        peft_model = get_peft_model(copy.deepcopy(vlm), config, autocast_adapter_dtype=True)
+        return [name for name, module in peft_model.named_modules() if isinstance(module, PeftLoraLinear)]
+
+    unguarded = adapted(peft_lora_config(lora))
+    assert any("vision_tower" in name for name in unguarded)  # what PEFT does by itself: 3 of SigLIP's projections
+    guarded = adapted(peft_lora_config(lora, model=vlm))
+    assert guarded and not any("vision" in name or "multi_modal" in name for name in guarded)
+    assert len(guarded) == 7 * vlm.config.text_config.num_hidden_layers
+    assert peft_lora_config(lora, model=models.text_only(copy.deepcopy(vlm))).exclude_modules is None
+    assert peft_lora_config(lora, model=tiny_llama()).exclude_modules is None  # a text model's adapter config as before

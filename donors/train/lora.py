@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import random
+import re
 import shutil
 import time
 import warnings
@@ -146,13 +147,26 @@ class FusedLoraLinear(PeftLoraLinear):
         return out.view(*x.shape[:-1], out.shape[-1])
 
 
-def peft_lora_config(lora: LoraConfig, *, fused: bool = True) -> PeftLoraConfig:
-    """The PEFT config of our LoRA settings, its linear layers built as ``FusedLoraLinear`` unless ``fused`` is off."""
+NOT_TEXT_MODULES = r"(.*\.)?(vision_tower|vision_model|visual|multi_modal_projector|audio_tower)(\..*)?"
+"""Module paths LoRA never adapts: a vision or audio tower and its projector. PEFT matches
+``target_modules`` by name suffix, and SigLIP's attention has ``q_proj``, ``k_proj`` and
+``v_proj`` too; a regex ``exclude_modules`` keeps the adapter on the language model."""
+
+
+def peft_lora_config(lora: LoraConfig, *, fused: bool = True, model: torch.nn.Module | None = None) -> PeftLoraConfig:
+    """The PEFT config of our LoRA settings, its linear layers built as ``FusedLoraLinear`` unless ``fused`` is off.
+
+    Only the language model is adapted: where ``model`` has a vision or audio tower, its modules
+    are excluded (``NOT_TEXT_MODULES``); a text model's config is as it always was (PEFT warns
+    about an exclusion that excludes nothing).
+    """
+    towers = model is not None and any(re.fullmatch(NOT_TEXT_MODULES, name) for name, _ in model.named_modules())
     config = PeftLoraConfig(
         r=lora.r,
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
         target_modules=list(lora.target_modules),
+        exclude_modules=NOT_TEXT_MODULES if towers else None,
         bias="none",
         task_type="CAUSAL_LM",
     )
@@ -340,7 +354,7 @@ def train_lora(
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning)  # a transformers deprecation inside peft
         # fp32 master weights for the adapter whatever the base's dtype; the forward computes in the base's (FusedLoraLinear).
-        peft_model = get_peft_model(model, peft_lora_config(lora), autocast_adapter_dtype=True)
+        peft_model = get_peft_model(model, peft_lora_config(lora, model=model), autocast_adapter_dtype=True)
     try:
         # The frozen norms as one autograd node each: fewer passes over the activations, same values.
         with frozen_rms_norms(peft_model):
