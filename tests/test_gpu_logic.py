@@ -222,3 +222,84 @@ def test_the_head_loss_chunks_by_device_and_waits_for_the_device_once_not_per_ch
     monkeypatch.undo()
     assert syncs == ["__bool__"]  # the label check before the loop; nothing inside it
     assert torch.allclose(value, expected, rtol=1e-5)
+
+
+# --- item 9: executor local on a machine with several GPUs ---
+
+
+class _FakeRayExecutor:
+    runs: list = []
+
+    def __init__(self, config, store, data, console):
+        self.config = config
+
+    def run(self):
+        _FakeRayExecutor.runs.append(self.config)
+
+
+def _local_executor(monkeypatch, n_gpus: int):
+    import io
+
+    from rich.console import Console
+
+    from donors.execute import local
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: n_gpus > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: n_gpus)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=0: "NVIDIA H100")
+    out = io.StringIO()
+    executor = local.LocalExecutor(config(ray={"address": "auto"}), None, None, Console(file=out, width=400))
+    models: list = []
+    monkeypatch.setattr(executor, "evaluate", lambda model, base_only=False: models.append(model))
+    monkeypatch.setattr(executor, "train", lambda model: None)
+    monkeypatch.setattr(executor, "warn_if_collapsed", lambda model: None)
+    return executor, out, models
+
+
+def test_local_with_several_gpus_runs_on_a_ray_cluster_of_this_machine_and_says_so(monkeypatch):
+    pytest.importorskip("ray")
+    from donors.execute import ray as ray_executor
+
+    monkeypatch.setattr(ray_executor, "RayExecutor", _FakeRayExecutor)
+    _FakeRayExecutor.runs = []
+    executor, out, models = _local_executor(monkeypatch, 4)
+    executor.run()
+    (ran,) = _FakeRayExecutor.runs
+    assert ran.ray.address is None and ran.ray.gpus_per_job == 1.0  # a local cluster, one job per GPU
+    assert models == []  # nothing ran the single-device way
+    assert "4 GPUs visible" in out.getvalue() and "Ray cluster on this machine" in out.getvalue()
+
+
+@pytest.mark.parametrize(("n_gpus", "said"), [(1, "running on cuda:0 (NVIDIA H100)"), (0, "running on the CPU")])
+def test_local_with_one_gpu_or_none_runs_in_this_process_and_says_where(monkeypatch, n_gpus, said):
+    _FakeRayExecutor.runs = []
+    executor, out, models = _local_executor(monkeypatch, n_gpus)
+    executor.run()
+    assert _FakeRayExecutor.runs == [] and models == ["smollm2-135m", "smollm2-135m"]
+    assert said in out.getvalue()
+
+
+def test_local_without_ray_on_several_gpus_says_only_one_is_used(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_ray(name, *args, **kwargs):
+        if name == "ray":
+            raise ImportError("No module named 'ray'")
+        return real_import(name, *args, **kwargs)
+
+    executor, out, models = _local_executor(monkeypatch, 2)
+    monkeypatch.setattr(builtins, "__import__", no_ray)
+    executor.run()
+    assert models == ["smollm2-135m", "smollm2-135m"] and "only cuda:0 is used" in out.getvalue()
+
+
+def test_local_refuses_a_gpu_it_cannot_use(monkeypatch):
+    executor, out, models = _local_executor(monkeypatch, 0)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    monkeypatch.setattr(torch.version, "cuda", None)
+    with pytest.raises(work.DeviceError, match="CPU build"):
+        executor.run()
+    assert models == []

@@ -14,10 +14,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from donors.config import StudyConfig
 from donors.execute.pending import collapsed_base_warning, pending_eval_work, pending_train_jobs
-from donors.execute.work import describe, evaluate_states, train_adapter
+from donors.execute.work import describe, evaluate_states, load_on_device, prepare_worker, train_adapter
 from donors.grid import Cell
 from donors.jobs import EvalJob, model_states
-from donors.models import load_model
 from donors.store import ResultsStore
 from donors.tasks.data import StudyData
 
@@ -47,7 +46,7 @@ class LocalExecutor:
         if not jobs:
             return
         # One frozen base for every adapter of this model: train_lora hands it back unchanged.
-        base = load_model(model, dtype=self.config.dtype, trust_remote_code=self.config.trust_remote_code)
+        base = load_on_device(model, self.config)
         with _progress(self.console) as progress:
             overall = progress.add_task(f"train {model}", total=len(jobs))
             for job in jobs:
@@ -113,7 +112,35 @@ class LocalExecutor:
         if warning:
             self.console.print(f"[yellow]warning:[/yellow] {warning}")
 
+    def _all_gpus_through_ray(self, n_gpus: int) -> bool:
+        """With several GPUs visible, run the study on a Ray cluster started on this machine, one job per GPU."""
+        try:
+            import ray  # noqa: F401 - only whether it is installed
+
+            from donors.execute.ray import RayExecutor
+        except ImportError:
+            self.console.print(
+                f"[yellow]local:[/yellow] {n_gpus} GPUs are visible but only cuda:0 is used: install Ray "
+                "(pip install 'donors[ray]') to use every GPU, or set CUDA_VISIBLE_DEVICES to the one to use"
+            )
+            return False
+        self.console.print(
+            f"[bold]local[/bold] {n_gpus} GPUs visible: starting a Ray cluster on this machine to use all of them, one job "
+            "per GPU (this process stays the store's one writer; set CUDA_VISIBLE_DEVICES=0 to use one GPU)"
+        )
+        ray_settings = self.config.ray.model_copy(update={"address": None, "gpus_per_job": 1.0})
+        RayExecutor(self.config.model_copy(update={"ray": ray_settings}), self.store, self.data, self.console).run()
+        return True
+
     def run(self) -> None:
+        import torch
+
+        prepare_worker(self.config)  # a GPU given to a CPU build of torch stops here, with the fix
+        n_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n_gpus > 1 and self._all_gpus_through_ray(n_gpus):
+            return
+        where = f"cuda:0 ({torch.cuda.get_device_name(0)})" if n_gpus else "the CPU"
+        self.console.print(f"[bold]local[/bold] running on {where}")
         for model in self.config.models:
             # The base first: whether it can read the format at all is known before any training.
             self.evaluate(model, base_only=True)
