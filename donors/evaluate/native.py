@@ -19,37 +19,123 @@ Built for this workload, with the log-likelihoods lm-evaluation-harness computes
 
 from __future__ import annotations
 
+import logging
 from contextlib import contextmanager
 from typing import Callable, Iterator, Mapping, Sequence
 
 import torch
 
+from donors.errors import DonorsError
 from donors.evaluate import Key, TargetResult, prediction, target_result
 from donors.models import causal_lm_parts, fp32_head_logits
 from donors.records import ItemPrediction
 from donors.tasks.item import Item
 from donors.tasks.prompts import PromptFormat, ScoringRequest, build_requests
 
-# A GPU has the memory and parallelism for far more rows per forward pass than a CPU.
+# A GPU has the memory and parallelism for far more rows per forward pass than a CPU (at most: token_budget cuts
+# a batch to what the free memory holds for this model and these prompts).
 GPU_BATCH_FACTOR = 8
 # Hidden states per run of the full-vocabulary head: enough rows to pay for reading its weights.
 HEAD_ROWS = 128
 # Padding a batch may add, as a share of its width: more, and a shorter prompt starts the next batch.
 MAX_PADDING = 0.1
+# Share of the GPU's free memory a batch's activations and key/value cache may take (the rest: head, fragmentation).
+GPU_MEMORY_SHARE = 0.5
+
+logger = logging.getLogger(__name__)
 
 
-def _batches(requests: Sequence[ScoringRequest], batch_size: int) -> list[list[int]]:
+class ScoringError(DonorsError, RuntimeError):
+    """Scoring that cannot go on: out of memory even one item at a time."""
+
+
+def _tokens(request: ScoringRequest) -> int:
+    """Positions one request takes in a forward pass: its context, then its continuations' tails packed after it."""
+    return len(request.context_ids) + sum(len(c) - 1 for c in request.continuations if len(c) > 1)
+
+
+def _batches(requests: Sequence[ScoringRequest], batch_size: int, max_tokens: int | None = None) -> list[list[int]]:
     """Indices sorted longest first (so the first batch finds any OOM), cut into batches of at
-    most ``batch_size`` whose rows are padded by at most ``MAX_PADDING`` of their width."""
+    most ``batch_size`` whose rows are padded by at most ``MAX_PADDING`` of their width, and,
+    with ``max_tokens``, whose rows times their widest row stay within that many tokens."""
     order = sorted(range(len(requests)), key=lambda i: -len(requests[i].context_ids))
     batches: list[list[int]] = []
+    widest = 0
     for i in order:
         length = len(requests[i].context_ids)
-        if batches and len(batches[-1]) < batch_size and length >= (1 - MAX_PADDING) * len(requests[batches[-1][0]].context_ids):
+        if (
+            batches
+            and len(batches[-1]) < batch_size
+            and length >= (1 - MAX_PADDING) * len(requests[batches[-1][0]].context_ids)
+            and (max_tokens is None or (len(batches[-1]) + 1) * max(widest, _tokens(requests[i])) <= max_tokens)
+        ):
             batches[-1].append(i)
+            widest = max(widest, _tokens(requests[i]))
         else:
             batches.append([i])
+            widest = _tokens(requests[i])
     return batches
+
+
+def token_budget(model, *, cached: bool) -> int | None:
+    """Tokens one forward pass may hold on this model's GPU: ``GPU_MEMORY_SHARE`` of the free memory over what a
+    token costs (its key/value cache in every layer when ``cached``, and one layer's widest activations); None on a CPU.
+
+    So batches follow the model's size and the prompts' lengths: a 1B model at 100 tokens a
+    prompt gets many items per batch, an 8B model at 1,000 tokens few.
+    """
+    device = next(model.parameters()).device
+    if device.type != "cuda":
+        return None
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = getattr(base.config, "text_config", None) or base.config
+    hidden = config.hidden_size
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or hidden // heads
+    kv = 2 * config.num_hidden_layers * getattr(config, "num_key_value_heads", heads) * head_dim if cached else 0
+    width = max(hidden, heads * head_dim, getattr(config, "intermediate_size", 0) or 0)
+    per_token = next(model.parameters()).element_size() * (kv + 4 * hidden + 3 * width)
+    free, _ = torch.cuda.mem_get_info(device)
+    return max(1, int(GPU_MEMORY_SHARE * free / per_token))
+
+
+def _is_out_of_memory(error: BaseException) -> bool:
+    """CUDA raises its own class; other backends (and older torch) a RuntimeError that says so."""
+    return isinstance(error, torch.cuda.OutOfMemoryError) or (isinstance(error, RuntimeError) and "out of memory" in str(error))
+
+
+def _each_batch(batches: Sequence[list], run: Callable[[list], None], what: str) -> None:
+    """``run(batch)`` for every batch; out of memory splits a batch in halves and retries, down to one row each.
+
+    As training does: the rows that did not fit are redone in batches of half the size, and
+    later batches are cut to that size too (what fitted once is what is tried next). ``run``
+    must keep no state from a failed call: every tensor it made is freed before the retry.
+    """
+    pending = list(reversed(batches))
+    limit = None
+    while pending:
+        batch = pending.pop()
+        if limit is not None and len(batch) > limit:
+            pending.extend(reversed([batch[i : i + limit] for i in range(0, len(batch), limit)]))
+            continue
+        try:
+            run(batch)
+            continue
+        except RuntimeError as error:
+            if not _is_out_of_memory(error):
+                raise
+            if len(batch) == 1:
+                raise ScoringError(
+                    f"out of memory scoring {what} even one at a time; lower eval.batch_size, shorten the prompts, "
+                    "or use a device with more memory"
+                ) from error
+        # Outside the except block, so the failed pass's tensors (held by the traceback) are freed first.
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        limit = len(batch) // 2
+        logger.warning("out of memory scoring %s with a batch of %d; retrying with %d", what, len(batch), limit)
+        pending.append(batch[limit:])
+        pending.append(batch[:limit])
 
 
 def _right_padded(rows: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -165,6 +251,16 @@ class _HeadQueue:
         if self.n >= HEAD_ROWS:
             self.flush()
 
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """All or nothing: a batch that fails (out of memory, to be retried in halves) leaves the queue and totals as they were."""
+        saved = (list(self.hidden), list(self.rows), list(self.tokens), list(self.slots), self.n, self.totals.clone())
+        try:
+            yield
+        except BaseException:
+            self.hidden, self.rows, self.tokens, self.slots, self.n, self.totals = saved
+            raise
+
     def flush(self) -> None:
         if not self.hidden:
             return
@@ -205,7 +301,7 @@ def _slot_offsets(requests: Sequence[ScoringRequest]) -> list[int]:
 
 @torch.inference_mode()
 def _single_token_logprobs(
-    model, requests: Sequence[ScoringRequest], pad_id: int, batch_size: int, on_batch, normalize: bool = True
+    model, requests: Sequence[ScoringRequest], pad_id: int, batch_size: int, on_batch, normalize: bool = True, max_tokens: int | None = None
 ) -> list[list[float]]:
     """One forward pass per item; the head only at the answer position, for the candidates (or all, to normalise)."""
     _, head, softcap = causal_lm_parts(model)
@@ -213,11 +309,16 @@ def _single_token_logprobs(
     offsets = _slot_offsets(requests)
     queue = _HeadQueue(sum(len(r.continuations) for r in requests), head, softcap, device, normalize)
     with scoring_body(model) as body:
-        for batch in _batches(requests, batch_size):
-            _, _, _, last = _encode_contexts(body, [requests[i].context_ids for i in batch], pad_id, device, use_cache=False)
-            queue.add(last, [(row, c[0], offsets[i] + k) for row, i in enumerate(batch) for k, c in enumerate(requests[i].continuations)])
+
+        def run(batch: list[int]) -> None:
+            with queue.transaction():
+                _, _, _, last = _encode_contexts(body, [requests[i].context_ids for i in batch], pad_id, device, use_cache=False)
+                wanted = [(row, c[0], offsets[i] + k) for row, i in enumerate(batch) for k, c in enumerate(requests[i].continuations)]
+                queue.add(last, wanted)
             if on_batch:
                 on_batch(len(batch))
+
+        _each_batch(_batches(requests, batch_size, max_tokens), run, "answers")
     return queue.results(requests)
 
 
@@ -280,8 +381,15 @@ def _continuation_tails(body, cache, mask, lengths, tails_per_row: Sequence[Sequ
 
 
 @torch.inference_mode()
-def _shared_context_logprobs(model, requests: Sequence[ScoringRequest], pad_id: int, batch_size: int, on_batch) -> list[list[float]]:
-    """Sum of token log-probs of each continuation, the shared context encoded once per item."""
+def _shared_context_logprobs(
+    model, requests: Sequence[ScoringRequest], pad_id: int, batch_size: int, on_batch, max_tokens: int | None = None
+) -> list[list[float]]:
+    """Sum of token log-probs of each continuation, the shared context encoded once per item.
+
+    Peak memory is one batch's key/value cache: each batch runs in a function of its own, so
+    its cache and hidden states are freed when it returns, before the next batch's forward
+    (only the hidden states the head still needs, a few rows each, are kept in the queue).
+    """
     _, head, softcap = causal_lm_parts(model)
     device = next(model.parameters()).device
     window = _cache_window(model)
@@ -289,7 +397,8 @@ def _shared_context_logprobs(model, requests: Sequence[ScoringRequest], pad_id: 
     queue = _HeadQueue(offsets[-1] + len(requests[-1].continuations) if requests else 0, head, softcap, device)
     full: dict[int, list[float]] = {}
     with scoring_body(model) as body:
-        for batch in _batches(requests, batch_size):
+
+        def run(batch: list[int]) -> None:
             tails_per_row = [[(k, c) for k, c in enumerate(requests[i].continuations) if len(c) > 1] for i in batch]
             longest = max(len(requests[i].context_ids) for i in batch) + max(sum(len(c) for _, c in tails) for tails in tails_per_row)
             if window is not None and longest > window:
@@ -297,20 +406,24 @@ def _shared_context_logprobs(model, requests: Sequence[ScoringRequest], pad_id: 
                 scored = _full_continuation_logprobs(model, [requests[i] for i in batch], pad_id, batch_size, None, body=body)
                 full.update(zip(batch, scored))
             else:
-                result, mask, lengths, last = _encode_contexts(
-                    body, [requests[i].context_ids for i in batch], pad_id, device, use_cache=True
-                )
-                queue.add(
-                    last, [(row, c[0], offsets[i] + k) for row, i in enumerate(batch) for k, c in enumerate(requests[i].continuations)]
-                )
-                if any(tails_per_row):
-                    hidden = _continuation_tails(
-                        body, result.past_key_values, mask, lengths, [[c for _, c in t] for t in tails_per_row], pad_id
+                with queue.transaction():
+                    result, mask, lengths, last = _encode_contexts(
+                        body, [requests[i].context_ids for i in batch], pad_id, device, use_cache=True
                     )
-                    wanted = [(offsets[i] + k, token) for i, tails in zip(batch, tails_per_row) for k, c in tails for token in c[1:]]
-                    queue.add(hidden, [(row, token, slot) for row, (slot, token) in enumerate(wanted)])
+                    queue.add(
+                        last, [(row, c[0], offsets[i] + k) for row, i in enumerate(batch) for k, c in enumerate(requests[i].continuations)]
+                    )
+                    if any(tails_per_row):
+                        hidden = _continuation_tails(
+                            body, result.past_key_values, mask, lengths, [[c for _, c in t] for t in tails_per_row], pad_id
+                        )
+                        del result  # the cache: no longer needed once the tails have read it
+                        wanted = [(offsets[i] + k, token) for i, tails in zip(batch, tails_per_row) for k, c in tails for token in c[1:]]
+                        queue.add(hidden, [(row, token, slot) for row, (slot, token) in enumerate(wanted)])
             if on_batch:
                 on_batch(len(batch))
+
+        _each_batch(_batches(requests, batch_size, max_tokens), run, "options")
     out = queue.results(requests)
     for i, logprobs in full.items():
         out[i] = logprobs
@@ -321,7 +434,10 @@ def _shared_context_logprobs(model, requests: Sequence[ScoringRequest], pad_id: 
 def _full_continuation_logprobs(
     model, requests: Sequence[ScoringRequest], pad_id: int, batch_size: int, on_batch, body=None
 ) -> list[list[float]]:
-    """Sum of token log-probs of each whole continuation after its context, every pair run in full."""
+    """Sum of token log-probs of each whole continuation after its context, every pair run in full.
+
+    No cache is asked for (``use_cache=False``), and each chunk's hidden states are freed before the next forward.
+    """
     if body is None:
         with scoring_body(model) as body:
             return _full_continuation_logprobs(model, requests, pad_id, batch_size, on_batch, body)
@@ -329,8 +445,8 @@ def _full_continuation_logprobs(
     device = next(model.parameters()).device
     sequences = [(r, c) for r, request in enumerate(requests) for c in range(len(request.continuations))]
     out: list[list[float]] = [[0.0] * len(r.continuations) for r in requests]
-    for start in range(0, len(sequences), batch_size):
-        chunk = sequences[start : start + batch_size]
+
+    def run(chunk: list[tuple[int, int]]) -> None:
         ids, mask, _ = _right_padded([requests[r].context_ids + requests[r].continuations[c] for r, c in chunk], pad_id, device)
         hidden = body(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
         for k, (r, c) in enumerate(chunk):
@@ -341,6 +457,8 @@ def _full_continuation_logprobs(
             out[r][c] = logprobs[torch.arange(len(targets)), targets].sum().item()
         if on_batch:
             on_batch(len({r for r, _ in chunk}))
+
+    _each_batch([sequences[start : start + batch_size] for start in range(0, len(sequences), batch_size)], run, "options in full")
     return out
 
 
@@ -355,17 +473,23 @@ def score_choices(
     prompt_format: PromptFormat = "lettered",
     normalize: bool = True,
     on_batch: Callable[[int], None] | None = None,
+    max_tokens: int | None = None,
 ) -> list[ItemPrediction]:
     """Predict each item's answer as the choice with the highest log-likelihood.
 
     ``normalize=False`` keeps, for single-token answers, the candidates' logits instead of
     log-probabilities (same prediction, cheaper head); longer answers are always normalised.
+    A batch holds at most ``batch_size`` items and, on a GPU, at most ``max_tokens`` tokens
+    (by default :func:`token_budget` of the model); out of memory halves it and retries.
     """
     requests = build_requests(items, tokenizer, chat_template=chat_template, prompt_format=prompt_format, model_name=model_name)
-    if all(len(c) == 1 for r in requests for c in r.continuations):
-        logprobs = _single_token_logprobs(model, requests, tokenizer.pad_token_id, batch_size, on_batch, normalize)
+    single = all(len(c) == 1 for r in requests for c in r.continuations)
+    if max_tokens is None:
+        max_tokens = token_budget(model, cached=not single)
+    if single:
+        logprobs = _single_token_logprobs(model, requests, tokenizer.pad_token_id, batch_size, on_batch, normalize, max_tokens)
     else:
-        logprobs = _shared_context_logprobs(model, requests, tokenizer.pad_token_id, batch_size, on_batch)
+        logprobs = _shared_context_logprobs(model, requests, tokenizer.pad_token_id, batch_size, on_batch, max_tokens)
     return [prediction(request.item, lp, prompt_format) for request, lp in zip(requests, logprobs)]
 
 
