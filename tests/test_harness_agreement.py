@@ -22,6 +22,7 @@ from donors.tasks.prompts import build_requests
 from donors.train.lora import train_lora
 
 pytestmark = pytest.mark.slow  # trains or scores a real model
+ON_CPU = dict(dtype="float32", device="cpu")  # fp32 tolerances below: the same on a GPU machine (issue 18, item 15)
 
 MODEL = "smollm2-135m"
 TARGETS = (Cell("number_words", "en"), Cell("cldr_continent", "en"))
@@ -35,13 +36,13 @@ def targets():
 
 @pytest.fixture(scope="module")
 def base():
-    return load_model(MODEL)
+    return load_model(MODEL, **ON_CPU)
 
 
 @pytest.fixture(scope="module")
 def adapted(tmp_path_factory):
     """A tiny adapter trained here, loaded onto a fresh base as the executors load one."""
-    model, tokenizer = load_model(MODEL)
+    model, tokenizer = load_model(MODEL, **ON_CPU)
     items = get_task("number_words").load("en", "train")[:8]
     path = tmp_path_factory.mktemp("adapter") / "a"
     train_lora(
@@ -53,7 +54,7 @@ def adapted(tmp_path_factory):
         output_dir=path,
         train=TrainConfig(epochs=1, batch_size=4, learning_rate=1e-3),
     )
-    fresh, tokenizer = load_model(MODEL)
+    fresh, tokenizer = load_model(MODEL, **ON_CPU)
     return PeftModel.from_pretrained(fresh, path).eval(), tokenizer
 
 

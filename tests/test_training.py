@@ -20,6 +20,7 @@ from donors.train.loss import linear_cross_entropy
 from donors.train.rms_norm import frozen_rms_norms
 
 pytestmark = pytest.mark.slow  # trains or scores a real model
+ON_CPU = dict(dtype="float32", device="cpu")  # fp32 tolerances below: the same on a GPU machine (issue 18, item 15)
 
 MODEL = "smollm2-135m"
 
@@ -28,7 +29,7 @@ def test_fine_tuning_raises_the_sources_own_held_out_score(tmp_path):
     """The study's premise on its smallest scale: training on a source helps that source's test set."""
     task = get_task("cldr_continent")
     train_items, test_items = task.load("en", "train")[:150], task.load("en", "test")[:100]
-    model, tokenizer = load_model(MODEL)
+    model, tokenizer = load_model(MODEL, **ON_CPU)
     base = summarize(score_choices(model, tokenizer, test_items, chat_template=False))
 
     result = train_lora(
@@ -43,7 +44,7 @@ def test_fine_tuning_raises_the_sources_own_held_out_score(tmp_path):
     assert len(result.train_ids) == 135 and len(result.validation_ids) == 15
     assert not set(result.train_ids) & {i.id for i in test_items}
 
-    fresh, _ = load_model(MODEL)
+    fresh, _ = load_model(MODEL, **ON_CPU)
     tuned_model = PeftModel.from_pretrained(fresh, tmp_path / "adapter")
     tuned = summarize(score_choices(tuned_model, tokenizer, test_items, chat_template=False))
     assert tuned.accuracy >= base.accuracy + 0.05, (base, tuned)
@@ -54,9 +55,9 @@ def test_same_seed_gives_bit_identical_adapters_and_records_the_items(tmp_path):
     items = get_task("number_words").load("en", "train")[:10]
     config = TrainConfig(epochs=1, batch_size=4, learning_rate=1e-3)
     lora = LoraConfig(r=4, alpha=8)
-    model, tokenizer = load_model(MODEL)
+    model, tokenizer = load_model(MODEL, **ON_CPU)
     train_lora(model, tokenizer, items, lora=lora, train=config, seed=42, output_dir=tmp_path / "a")
-    shared, _ = load_model(MODEL)
+    shared, _ = load_model(MODEL, **ON_CPU)
     before = {k: v.clone() for k, v in shared.state_dict().items()}
     train_lora(
         shared,
@@ -82,7 +83,7 @@ def test_same_seed_gives_bit_identical_adapters_and_records_the_items(tmp_path):
 
 def test_fused_lora_layers_compute_what_peft_computes():
     """The one-addmm forward is PEFT's function: same logits, same gradients up to rounding, PEFT's file."""
-    model, tokenizer = load_model(MODEL)
+    model, tokenizer = load_model(MODEL, **ON_CPU)
     torch.manual_seed(0)
     peft_model = get_peft_model(model, peft_lora_config(LoraConfig(r=8, alpha=16)))
     fused = [m for m in peft_model.modules() if isinstance(m, FusedLoraLinear)]
@@ -114,7 +115,7 @@ def test_fused_lora_layers_compute_what_peft_computes():
 @pytest.mark.parametrize("softcap", [None, 30.0])
 def test_the_one_pass_head_loss_is_the_cross_entropy_of_the_heads_logits(softcap):
     """Same loss and hidden-state gradient as logits-then-cross_entropy, on the model's own head and hidden states."""
-    model, tokenizer = load_model(MODEL)
+    model, tokenizer = load_model(MODEL, **ON_CPU)
     body, head, _ = causal_lm_parts(model)
     batch = tokenizer(
         ["The capital of France is Paris, and of Italy", "one two three four five six seven"], return_tensors="pt", padding=True
@@ -160,7 +161,7 @@ def test_split_is_ninety_ten_like_the_published_recipe():
 
 
 def test_a_non_finite_loss_stops_the_run_with_a_clear_message(tmp_path):
-    model, tokenizer = load_model(MODEL)
+    model, tokenizer = load_model(MODEL, **ON_CPU)
     model.model.norm.weight.data[0] = float("nan")  # a corrupted weight, as a diverged run would leave
     items = get_task("number_words").load("en", "train")[:6]
     with pytest.raises(TrainingError, match="non-finite loss"):
@@ -179,7 +180,7 @@ def test_a_non_finite_loss_stops_the_run_with_a_clear_message(tmp_path):
 @pytest.mark.parametrize("model_name, norms", [(MODEL, 2 * 30 + 1), ("gemma3-270m", 6 * 18 + 1)])
 def test_one_node_rms_norms_compute_what_the_models_own_norms_compute(model_name, norms):
     """Llama's scale-by-weight and Gemma 3's scale-by-(1 + weight): same logits and input gradients, then the model as it was."""
-    model, tokenizer = load_model(model_name)
+    model, tokenizer = load_model(model_name, **ON_CPU)
     batch = tokenizer(["The capital of France is", "one two three four five six seven"], return_tensors="pt", padding=True)
     embeddings = model.get_input_embeddings()(batch["input_ids"]).detach()
 
