@@ -138,7 +138,9 @@ class StudyPlan:
             f"its task's max_length (else train.max_length){chat}",
             f"FLOPs: LoRA training {TRAIN_FLOPS_PER_PARAM_TOKEN:g} x params x tokens (forward + activation gradients; "
             f"frozen weights need no weight gradients), scoring {EVAL_FLOPS_PER_PARAM_TOKEN:g} x params x tokens; no padding",
-            f"GPU-hours: FLOPs / ({self.tflops:g} TFLOP/s x {self.mfu:.0%} utilisation); change with --tflops and --mfu",
+            f"GPU-hours: FLOPs / ({self.tflops:g} TFLOP/s x {self.mfu:.0%} utilisation), unmeasured: the peak is the "
+            "accelerator's data sheet and the utilisation an assumption until bench/gpu_throughput.py has run on your GPU "
+            "(it prints the --mfu to use); change with --tflops and --mfu",
         ]
         for task in self.tasks:
             if task.estimated:

@@ -303,3 +303,33 @@ def test_local_refuses_a_gpu_it_cannot_use(monkeypatch):
     with pytest.raises(work.DeviceError, match="CPU build"):
         executor.run()
     assert models == []
+
+
+# --- benchmark: plan states that its GPU throughput is an assumption ---
+
+
+def test_plan_says_its_throughput_is_unmeasured_and_points_to_the_benchmark():
+    from donors.plan import plan
+
+    (line,) = [a for a in plan(config()).assumptions() if a.startswith("GPU-hours")]
+    assert "unmeasured" in line and "bench/gpu_throughput.py" in line and "989 TFLOP/s x 40% utilisation" in line
+    assert (Path(__file__).resolve().parent.parent / "bench" / "gpu_throughput.py").is_file()
+
+
+# --- item 8: evaluation work cut so that several GPUs share a (model, seed) ---
+
+
+def test_a_model_seeds_states_are_cut_into_chunks_each_ready_on_its_own_adapters():
+    from donors.execute.ray import EVAL_STATES_PER_TASK, RayExecutor
+
+    study = config(
+        tasks=["number_words", "cldr_continent"],
+        languages=["en", "de", "fr", "es", "it", "ja", "zh", "ru", "ar", "hi", "sw"],
+        seeds=[17, 42],
+    )
+    units = RayExecutor(study, None, None)._eval_units()
+    per_seed = {seed: [u for u in units if u.seed == seed] for seed in (17, 42)}
+    assert [len(u.states) for u in per_seed[17]] == [12, 11] and [len(u.states) for u in per_seed[42]] == [11, 11]  # 23 and 22 states
+    assert all(len(u.states) <= EVAL_STATES_PER_TASK for u in units)
+    assert per_seed[17][0].states[0].is_base and sum(s.is_base for u in units for s in u.states) == 1
+    assert sorted(s.state_id for u in units for s in u.states) == sorted({s.state_id for u in units for s in u.states})
