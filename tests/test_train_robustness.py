@@ -26,7 +26,7 @@ def items():
 
 
 def _train(items, out, micro=None, seed=3):
-    model, tokenizer = load_model(MODEL)
+    model, tokenizer = load_model(MODEL, dtype="float32", device="cpu")  # fp32 tolerances: the CPU on any machine
     config = TrainConfig(epochs=1, batch_size=8, micro_batch_size=micro, learning_rate=1e-3)
     return train_lora(model, tokenizer, items, lora=LORA, train=config, seed=seed, output_dir=out)
 

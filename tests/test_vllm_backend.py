@@ -42,7 +42,7 @@ def targets():
 @pytest.fixture(scope="module")
 def adapters(tmp_path_factory):
     """Two adapters trained here, on different sources, so they answer differently."""
-    model, tokenizer = load_model(MODEL)
+    model, tokenizer = load_model(MODEL, dtype="float32", device="cpu")  # compared with vLLM in fp32
     paths = []
     for source in TARGETS:
         path = tmp_path_factory.mktemp("adapters") / f"{source.task}-{source.language}"
@@ -65,7 +65,7 @@ def scorer():
 
 
 def native_scores(adapter_path, targets, **options):
-    model, tokenizer = load_model(MODEL)
+    model, tokenizer = load_model(MODEL, dtype="float32", device="cpu")  # compared with vLLM in fp32
     if adapter_path is not None:
         model = PeftModel.from_pretrained(model, adapter_path).eval()
     return NativeScorer(chat_template=False, batch_size=8, **options).score(model, tokenizer, targets, model_name=MODEL)
