@@ -507,9 +507,10 @@ def choose_next_sources(
 ) -> SourcePlan:
     """Propose ``budget`` sources per model (``shared``: for all models at once) that most reduce the predictive error.
 
-    The grid is the config's (models x tasks x languages). Already measured: the sources with
-    scores in ``measured`` (a study directory or results CSV), else in the config's own study
-    directory if it has run; a measured source is never proposed.
+    The grid is the config's (models x tasks x languages). Already taken: the config's own
+    ``sources:`` (asked for, trained or not) and the sources with scores in ``measured`` (a
+    study directory or results CSV, else the config's own study directory if it has run); a
+    taken source is never proposed, and the YAML lists the taken ones before the new ones.
     """
     import yaml
 
@@ -529,13 +530,16 @@ def choose_next_sources(
     done = pd.DataFrame(columns=[MODEL, SOURCE_TASK, SOURCE_LANGUAGE])
     if measured is not None:
         results = results_of(measured)
-        done = results.loc[results[SOURCE_TASK].notna(), [MODEL, SOURCE_TASK, SOURCE_LANGUAGE]].drop_duplicates()
-        done = done[done[MODEL].isin(config.models)]
+        done = results.loc[results[SOURCE_TASK].notna(), [MODEL, SOURCE_TASK, SOURCE_LANGUAGE]]
+    if config.sources is not None:
+        asked = [(model, cell.task, cell.language) for model in config.models for cell in config.source_cells(model)]
+        done = pd.concat([pd.DataFrame(asked, columns=done.columns), done], ignore_index=True)
+    done = done[done[MODEL].isin(config.models)].drop_duplicates(ignore_index=True)
     picked = choose_sources(grid, budget, measured=done if len(done) else None, per_model=not shared)
     choices = pd.DataFrame(picked, columns=["model", "task", "language"])
     names = [f"{c.task}/{c.language}" for c in picked]
     if shared:
-        before = sorted({f"{r[1]}/{r[2]}" for r in done.itertuples(index=False)})
+        before = list(dict.fromkeys(f"{r[1]}/{r[2]}" for r in done.itertuples(index=False)))
         sources: object = before + [n for n in names if n not in before]
     else:
         sources = {

@@ -324,6 +324,12 @@ class StudyConfig(_Section):
         unknown = sorted(set(lists) - set(self.models) - {""})
         if unknown:
             raise ValueError(f"sources names model(s) {', '.join(map(repr, unknown))} that are not in models ({', '.join(self.models)})")
+        unlisted = [model for model in self.models if isinstance(self.sources, dict) and model not in self.sources]
+        if unlisted:
+            raise ValueError(
+                f"sources lists sources per model but not for {', '.join(map(repr, unlisted))}: give each model its list "
+                "(an empty list [] trains nothing for it), or one list for every model"
+            )
         for model, patterns in lists.items():
             _, unmatched = cells_matching(patterns, grid)
             if unmatched:

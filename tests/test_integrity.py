@@ -246,13 +246,24 @@ def test_an_unloadable_adapter_fails_its_own_state_and_the_rest_are_scored(finis
     bad = tmp_path / "bad"
     shutil.copytree(good, bad)
     (bad / "adapter_model.safetensors").write_bytes(b"not safetensors")
+    # Another layout: the tensors name modules this model does not have (PEFT would only warn, and score the base).
+    renamed = tmp_path / "renamed"
+    shutil.copytree(good, renamed)
+    tensors = load_file(good / "adapter_model.safetensors")
+    save_file({k.replace("layers.", "blocks."): v for k, v in tensors.items()}, renamed / "adapter_model.safetensors")
     adapted = ModelState("smollm2-135m", QA, 17)
-    work = [(ModelState("smollm2-135m"), None, [QA]), (adapted, str(bad), [QA]), (adapted, str(good), [QA])]
+    work = [
+        (ModelState("smollm2-135m"), None, [QA]),
+        (adapted, str(bad), [QA]),
+        (adapted, str(good), [QA]),
+        (adapted, str(renamed), [QA]),
+        (adapted, str(good), [QA]),
+    ]
     results, failures = [], []
-    evaluate_states(config, "smollm2-135m", work, data.test, lambda s, r: results.append(s), lambda s, t, e: failures.append((s, e)))
-    assert [s.is_base for s in results] == [True, False]
-    ((state, error),) = failures
-    assert state == adapted and "deserializing header" in str(error)
+    evaluate_states(config, "smollm2-135m", work, data.test, lambda s, r: results.append(r), lambda s, t, e: failures.append((s, e)))
+    assert len(results) == 3 and results[1].score == results[2].score, "the good adapter scores the same before and after"
+    assert [str(error) for _, error in failures][0].startswith("Error while deserializing header")
+    assert "does not fit this model: 420 saved tensor(s) match no module" in str(failures[1][1])
 
 
 @pytest.mark.slow

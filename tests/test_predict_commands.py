@@ -146,3 +146,21 @@ def test_a_one_seed_study_gives_measured_cells_their_item_bootstrap_interval(mea
     cells = predict_transfer(filled)
     kept = cells[cells["measured"]]
     assert (kept["delta_hi"] - kept["delta_lo"]).to_numpy() == pytest.approx(2 * 1.644854 * 2.0, rel=1e-5)
+
+
+def test_plan_budget_keeps_the_configs_own_sources_and_never_proposes_them(tmp_path):
+    data = yaml.safe_load(DEMO.read_text()) | {"output_dir": str(tmp_path / "fresh"), "sources": ["number_words/de", "cldr_continent/fr"]}
+    plan = api.choose_next_sources(config_from_dict(data), 2)
+    (listed,) = yaml.safe_load(plan.sources_yaml)["sources"].values()
+    assert listed[:2] == ["number_words/de", "cldr_continent/fr"] and len(listed) == 4
+    assert not {"number_words/de", "cldr_continent/fr"} & set(listed[2:])
+
+
+def test_a_per_model_sources_mapping_must_name_every_model():
+    from donors.config import ConfigError
+
+    data = yaml.safe_load(DEMO.read_text()) | {"models": ["smollm2-135m", "gemma3-270m"], "sources": {"smollm2-135m": ["de"]}}
+    with pytest.raises(ConfigError, match=r"not for 'gemma3-270m': give each model its list \(an empty list \[\] trains nothing"):
+        config_from_dict(data)
+    data["sources"]["gemma3-270m"] = []
+    assert config_from_dict(data).source_cells("gemma3-270m") == []

@@ -138,3 +138,23 @@ def test_a_store_made_read_only_mid_run_stops_with_a_message_not_a_crash(tmp_pat
         subprocess.run([CHATTR, "-R", "-i", str(tmp_path / "study")], check=False)
     assert done.returncode == 0, (done.returncode, done.stderr)
     assert "cannot write the results store" in done.stdout and "writable (and not immutable)" in done.stdout
+
+
+def test_a_reader_holding_the_store_makes_a_write_wait_and_then_says_so(tmp_path, monkeypatch):
+    from donors.store import sqlite as store_module
+
+    monkeypatch.setattr(store_module, "BUSY_TIMEOUT", 0.2)
+    store = ResultsStore(tmp_path / "results.sqlite")
+    store.set_meta("a", "1")
+    reader = sqlite3.connect(tmp_path / "results.sqlite")
+    reader.execute("BEGIN")
+    reader.execute("SELECT * FROM study").fetchall()  # a long analysis read, in the middle
+    with pytest.raises(store_module.StoreUnreadable, match=r"stayed locked by another process .*Nothing stored is lost"):
+        store.set_meta("b", "2")
+    reader.rollback()
+    store.set_meta("b", "2")  # once the reader is done, the write goes through
+    assert store.get_meta("b") == "2"
+    # An error that is neither a lock nor an unwritable store is a bug, and stays one.
+    with pytest.raises(sqlite3.OperationalError, match="no such table"):
+        with store._transaction() as db:
+            db.execute("INSERT INTO no_such_table VALUES (1)")

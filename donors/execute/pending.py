@@ -32,10 +32,10 @@ def discard_broken_adapters(config: StudyConfig, store: ResultsStore) -> list[st
     Returns one line per discarded adapter.
     """
     lines = []
-    n_targets = len(cells(config))
+    targets = {(cell.task, cell.language) for cell in cells(config)}
     for job in train_jobs(config):
         record = store.adapter(job.job_id)
-        if record is None or len(store.scored_targets(job.job_id)) == n_targets:
+        if record is None or targets <= store.scored_targets(job.job_id):
             continue
         path = config.adapter_storage / record.path
         try:

@@ -28,7 +28,7 @@ from donors.models import load_model, pick_device
 from donors.records import AdapterRecord, ModelState, TargetResult
 from donors.tasks.data import fingerprint
 from donors.tasks.item import Item, stable_digest
-from donors.train.lora import adapter_digest, train_lora
+from donors.train.lora import adapter_digest, check_adapter_loaded, require_adapter_files, train_lora
 
 
 def library_versions() -> dict[str, str]:
@@ -252,7 +252,7 @@ def evaluate_states(
             context = peft_model.disable_adapter() if peft_model else nullcontext()
         else:
             try:
-                adapter_digest(adapter_path)  # safetensors present: PEFT never falls back to a pickled .bin
+                require_adapter_files(adapter_path)  # the driver checked its digest; here: safetensors, never a .bin
                 # The adapter in the base's dtype: what training's forward computed with (see FusedLoraLinear).
                 if peft_model is None:
                     peft_model = PeftModel.from_pretrained(base, adapter_path, adapter_name="current", autocast_adapter_dtype=False)
@@ -261,6 +261,7 @@ def evaluate_states(
                         peft_model.delete_adapter("current")
                     peft_model.load_adapter(adapter_path, adapter_name="current", autocast_adapter_dtype=False)
                     peft_model.set_adapter("current")
+                check_adapter_loaded(peft_model, adapter_path, "current")
             except Exception as error:  # noqa: BLE001 - this state's targets fail; the other states go on
                 for target in targets:
                     on_failure(state, target, error)

@@ -117,6 +117,29 @@ def store_path(study_dir: str | Path) -> Path:
     return Path(study_dir) / STORE_NAME
 
 
+BUSY_TIMEOUT = 600.0
+"""Seconds a write waits for readers: with a rollback journal a long ``donors analyze`` or
+``status`` read holds the store, and the run's next write must outwait it, not fail."""
+
+
+def _locked(error: sqlite3.Error) -> bool:
+    return "locked" in str(error) or "busy" in str(error)
+
+
+def _unwritable(error: sqlite3.Error) -> bool:
+    """The store or its folder can no longer be written (read-only, immutable, removed, disk full)."""
+    text = str(error)
+    return any(cause in text for cause in ("readonly", "read-only", "unable to open", "disk I/O", "disk is full", "no such file"))
+
+
+def _locked_message(path: Path) -> str:
+    return (
+        f"{path}: the results store stayed locked by another process for {BUSY_TIMEOUT:.0f} s (a long `donors analyze`, "
+        "`report` or `status` reading it, or a process stuck on it). Nothing stored is lost: let it finish or stop it, "
+        "then run again"
+    )
+
+
 class StoreUnreadable(DonorsError):
     """The store file exists but is not a readable, writable SQLite store."""
 
@@ -128,7 +151,7 @@ class ResultsStore:
         self.path = Path(path)
         self._refuse_emptied_store()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, timeout=30)
+        self._db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT)
         try:
             # A rollback journal, not WAL: WAL's index is a memory-mapped file, and a write to it after
             # the folder or file became read-only kills the process with SIGBUS instead of raising.
@@ -138,6 +161,8 @@ class ResultsStore:
             self._upgrade()
         except sqlite3.DatabaseError as error:
             self._db.close()
+            if _locked(error):
+                raise StoreUnreadable(_locked_message(self.path)) from None
             raise StoreUnreadable(
                 f"{self.path}: cannot be used as this study's results store ({error}). If the file was truncated or "
                 "overwritten, restore it from a backup, or move it away to start the study afresh (finished adapters "
@@ -203,6 +228,10 @@ class ResultsStore:
             with self._db:
                 yield self._db
         except sqlite3.OperationalError as error:
+            if _locked(error):
+                raise StoreUnreadable(_locked_message(self.path)) from error
+            if not _unwritable(error):
+                raise
             raise StoreUnreadable(
                 f"{self.path}: cannot write the results store ({error}). Make the study folder and its files writable "
                 "(and not immutable), with free disk space, then run again: finished work is kept, and the unit of "

@@ -52,16 +52,44 @@ ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 """What an adapter is: PEFT's config and its weights as safetensors (never a pickled ``.bin``)."""
 
 
-def adapter_digest(path: str | Path) -> str:
-    """SHA-256 over an adapter's config and weights: recorded when it is stored, checked before it is scored.
-
-    Raises :class:`AdapterFilesError` when a file is missing, which is also what keeps PEFT
-    from falling back to a pickled ``adapter_model.bin``.
-    """
+def require_adapter_files(path: str | Path) -> Path:
+    """The adapter folder, once both its files are there: what keeps PEFT from falling back to a pickled ``.bin``."""
     path = Path(path)
     missing = [name for name in ADAPTER_FILES if not (path / name).is_file()]
     if missing:
         raise AdapterFilesError(f"adapter {path}: {', '.join(missing)} missing (adapters are loaded from safetensors only)")
+    return path
+
+
+def check_adapter_loaded(peft_model, path: str | Path, adapter_name: str) -> None:
+    """Refuse an adapter whose tensors do not all land in the model: PEFT only warns, and scores the base instead.
+
+    A saved adapter names each LoRA tensor by the module it adapts; if the model's modules are
+    named otherwise (another architecture, a renamed checkpoint), ``lora_B`` stays at its
+    zeros and the "fine-tuned" scores are the base model's, with no error.
+    """
+    from peft import get_peft_model_state_dict
+    from safetensors import safe_open
+
+    with safe_open(str(Path(path) / ADAPTER_FILES[1]), "pt") as weights:
+        saved = set(weights.keys())
+    loaded = set(get_peft_model_state_dict(peft_model, adapter_name=adapter_name))
+    if saved != loaded:
+        unused, missing = sorted(saved - loaded), sorted(loaded - saved)
+        raise AdapterFilesError(
+            f"adapter {path} does not fit this model: {len(unused)} saved tensor(s) match no module "
+            f"({', '.join(unused[:2])}{', ...' if len(unused) > 2 else ''}), {len(missing)} module(s) get no tensor; "
+            "it was trained on another model or module layout. Retrain it (delete its record with its files) or score it "
+            "with the model it was made for"
+        )
+
+
+def adapter_digest(path: str | Path) -> str:
+    """SHA-256 over an adapter's config and weights: recorded when it is stored, checked before it is scored.
+
+    Raises :class:`AdapterFilesError` when a file is missing.
+    """
+    path = require_adapter_files(path)
     digest = hashlib.sha256()
     for name in ADAPTER_FILES:
         digest.update(f"{name}:{(path / name).stat().st_size}:".encode())
