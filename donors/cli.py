@@ -5,7 +5,7 @@ from :class:`donors.errors.DonorsError`; its message, printed as ``error: ...``,
 field or row and the fix), and Typer's own usage errors; 3 an internal error, i.e. a bug: one
 line ``internal error: <type>: <message>`` is printed and the full traceback appended to
 ``donors-errors.log`` in the study directory when the command has one (else in the system temp
-directory, ``<tmp>/donors-errors.log``). Ctrl-C stops a command as Python does.
+directory, ``<tmp>/donors-errors-<user>.log``). Ctrl-C stops a command as Python does.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from rich.table import Table
 from donors import __version__, api
 from donors import plan as planning
 from donors.errors import MAX_QUOTED, DonorsError
+from donors.grid import path_component
 
 USER_ERROR_EXIT = 2
 INTERNAL_ERROR_EXIT = 3
@@ -80,6 +81,17 @@ def _study_dir_of(arguments: dict) -> Path | None:
     return None
 
 
+def _user_log_name() -> str:
+    """``donors-errors-<user>.log``: the temp directory's error log of this user."""
+    import getpass
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = str(os.getuid()) if hasattr(os, "getuid") else "user"
+    return ERROR_LOG.replace(".log", f"-{path_component(user)}.log")
+
+
 def _save_traceback(error: BaseException, study_dir: Path | None) -> Path | None:
     """Append the traceback, with a timestamp and the command line, to the study's error log (else the temp dir's); its path."""
     entry = (
@@ -87,10 +99,12 @@ def _save_traceback(error: BaseException, study_dir: Path | None) -> Path | None
         f"command: {shlex.join(sys.argv)}\n"
         f"{''.join(traceback.format_exception(error))}\n"
     )
-    places = ([study_dir / ERROR_LOG] if study_dir is not None else []) + [Path(tempfile.gettempdir()) / ERROR_LOG]
+    # In the shared temp directory a per-user name, never following a link another user may have planted there.
+    places = ([study_dir / ERROR_LOG] if study_dir is not None else []) + [Path(tempfile.gettempdir()) / _user_log_name()]
     for path in places:
         try:
-            with path.open("a", encoding="utf-8") as log:
+            descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
+            with os.fdopen(descriptor, "a", encoding="utf-8") as log:
                 log.write(entry)
             return path
         except OSError:

@@ -208,6 +208,9 @@ def test_the_head_loss_chunks_by_device_and_waits_for_the_device_once_not_per_ch
 
     assert loss.chunk_rows_for(torch.device("cpu")) == 1024
     assert loss.chunk_rows_for(torch.device("cuda")) >= 32768  # a 262k head in a few matmuls, not 256 small ones
+    # ... but the chunk's fp32 copy stays small: at most 256 MiB on a 4096-wide head (not 1 GiB), never below a CPU's chunk.
+    assert loss.chunk_rows_for(torch.device("cuda"), 4096) * 4096 * 4 <= 256 * 2**20
+    assert loss.chunk_rows_for(torch.device("cuda"), 640) == 65536 and loss.chunk_rows_for(torch.device("cuda"), 10**6) == 1024
     head = torch.nn.Linear(32, 4096, bias=False).requires_grad_(False)
     hidden = torch.randn(6, 32, requires_grad=True)
     labels = torch.tensor([0, 17, 1023, 1024, 4095, 2000])

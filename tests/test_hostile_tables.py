@@ -187,7 +187,7 @@ def test_a_bug_without_a_study_is_saved_in_the_temp_dir_and_its_message_is_bound
     assert result.exit_code == 3
     first = result.output.splitlines()[0]
     assert first.startswith("internal error: KeyError: ") and len(first) < 300 and first.endswith("...")
-    assert (tmp_path / cli.ERROR_LOG).read_text().count("x" * 5000) == 1
+    assert (tmp_path / cli._user_log_name()).read_text().count("x" * 5000) == 1
 
 
 def test_an_error_outside_the_api_call_is_caught_too(tmp_path, monkeypatch, good_table):
@@ -219,7 +219,7 @@ def test_a_users_error_still_exits_2_and_an_interrupt_is_no_internal_error(tmp_p
     monkeypatch.setattr(api, "analyze", interrupted)
     result = CliRunner().invoke(cli.app, ["analyze", str(tmp_path)])
     assert result.exit_code not in (0, 2, 3) and "internal error" not in result.output
-    assert not (tmp_path / cli.ERROR_LOG).exists()
+    assert not (tmp_path / cli._user_log_name()).exists()
 
 
 def test_every_command_goes_through_the_guard():

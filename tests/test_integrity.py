@@ -309,3 +309,9 @@ def test_studies_sharing_adapter_storage_keep_their_own_adapters(finished, tmp_p
     log = run_logged(config_a)
     assert "changed" not in log
     pd.testing.assert_frame_equal(scores(study_a), reference)
+
+
+@pytest.mark.slow
+def test_each_adapter_records_the_dtype_it_was_trained_in(finished):
+    (versions,) = rows(finished / "study", "adapters")["versions"].map(json.loads)
+    assert versions["dtype"] == "float32" and versions["deterministic"] == "true"

@@ -78,11 +78,14 @@ def _batches(requests: Sequence[ScoringRequest], batch_size: int, max_tokens: in
 
 
 def token_budget(model, *, cached: bool) -> int | None:
-    """Tokens one forward pass may hold on this model's GPU: ``GPU_MEMORY_SHARE`` of the free memory over what a
-    token costs (its key/value cache in every layer when ``cached``, and one layer's widest activations); None on a CPU.
+    """Tokens one forward pass may hold on this model's GPU: ``GPU_MEMORY_SHARE`` of the memory the weights leave
+    (the device's total less the model's parameters) over what a token costs (its key/value cache in every layer when
+    ``cached``, and one layer's widest activations); None on a CPU.
 
     So batches follow the model's size and the prompts' lengths: a 1B model at 100 tokens a
-    prompt gets many items per batch, an 8B model at 1,000 tokens few.
+    prompt gets many items per batch, an 8B model at 1,000 tokens few. It depends on the model
+    and the device only, never on what happens to be free now, so a rescored target is cut into
+    the same batches as before (batch shape moves low-precision logits).
     """
     device = next(model.parameters()).device
     if device.type != "cuda":
@@ -95,8 +98,9 @@ def token_budget(model, *, cached: bool) -> int | None:
     kv = 2 * config.num_hidden_layers * getattr(config, "num_key_value_heads", heads) * head_dim if cached else 0
     width = max(hidden, heads * head_dim, getattr(config, "intermediate_size", 0) or 0)
     per_token = next(model.parameters()).element_size() * (kv + 4 * hidden + 3 * width)
-    free, _ = torch.cuda.mem_get_info(device)
-    return max(1, int(GPU_MEMORY_SHARE * free / per_token))
+    total = torch.cuda.get_device_properties(device).total_memory
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    return max(1, int(GPU_MEMORY_SHARE * max(total - weights, 0) / per_token))
 
 
 def _is_out_of_memory(error: BaseException) -> bool:

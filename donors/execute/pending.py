@@ -70,8 +70,10 @@ def reconcile_data(store: ResultsStore, digests: dict[tuple[str, Cell], str], *,
             f"task {cell.task!r}, language {cell.language!r}, split {split!r} ({_work(*work)})" for (split, cell), work in used.items()
         )
         raise DataChanged(
-            f"the items of {listed} differ from those the stored results were made from. Restore the data, or run again with "
-            "--redo-changed-data (api: run_study(..., redo_changed_data=True)) to discard that work and redo it on the new items"
+            f"the items of {listed} differ from those the stored results were made from: the data was edited, or, with "
+            "train.max_items or eval.max_items, the first language changed (a cut chooses its ids there). Restore the data "
+            "or the order of languages, or run again with --redo-changed-data (api: run_study(..., redo_changed_data=True)) "
+            "to discard that work and redo it on the new items"
         )
     lines = []
     for (split, cell), work in used.items():

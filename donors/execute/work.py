@@ -142,8 +142,12 @@ def deterministic_training(enabled: bool, device_type: str) -> Iterator[dict[str
         torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
         if env_before is None:
             os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+    seen = set()  # "always" caught every repeat (a warning per step): each is passed on once, as the default filter would
     for warning in caught:
         text = str(warning.message)
+        if (text, warning.category, warning.filename, warning.lineno) in seen:
+            continue
+        seen.add((text, warning.category, warning.filename, warning.lineno))
         if "deterministic" in text:
             outcome["deterministic"] = "false"
             logging.getLogger(__name__).warning("training was not deterministic: %s", text.splitlines()[0])
@@ -215,7 +219,7 @@ def train_adapter(
         best_epoch=result.best_epoch,
         validation_losses=result.validation_losses,
         train_seconds=result.seconds,
-        versions={**library_versions(), **determinism},
+        versions={**library_versions(), **determinism, "dtype": str(next(model.parameters()).dtype).removeprefix("torch.")},
         sha256=adapter_digest(path),
     )
 

@@ -75,13 +75,19 @@ class _LinearCrossEntropy(torch.autograd.Function):
 CPU_CHUNK_ROWS = 1024
 """Head rows per chunk on a CPU: 1024 rows of a 640-wide head are 2.6 MB, so the chunk is still in cache for its second use."""
 GPU_CHUNK_ROWS = 65536
-"""Head rows per chunk on an accelerator: few, large matmuls (4 for a 262k vocabulary) instead of hundreds of small
-kernels; the chunk's logits are answer tokens x 65536 fp32 (2 MB for 8 tokens)."""
+"""Most head rows per chunk on an accelerator: few, large matmuls (4 for a 262k vocabulary) instead of hundreds of
+small kernels; the chunk's logits are answer tokens x 65536 fp32 (2 MB for 8 tokens)."""
+GPU_CHUNK_BYTES = 256 * 2**20
+"""Cap on the fp32 copy of a chunk that the gradient's matmul reads (``chunk.float()``): 65,536 rows of a 4096-wide
+head would be 1 GiB per micro-batch; 256 MiB keeps it at 16,384 rows there (64 matmuls for 262k rows on a 4096 head)."""
 
 
-def chunk_rows_for(device: torch.device) -> int:
-    """Rows of the head read at a time: cache-sized on a CPU, large on an accelerator."""
-    return CPU_CHUNK_ROWS if device.type == "cpu" else GPU_CHUNK_ROWS
+def chunk_rows_for(device: torch.device, width: int | None = None) -> int:
+    """Rows of the head read at a time: cache-sized on a CPU; on an accelerator large, but whose fp32 copy
+    (``width`` columns) stays under ``GPU_CHUNK_BYTES``."""
+    if device.type == "cpu":
+        return CPU_CHUNK_ROWS
+    return GPU_CHUNK_ROWS if width is None else max(CPU_CHUNK_ROWS, min(GPU_CHUNK_ROWS, GPU_CHUNK_BYTES // (4 * width)))
 
 
 def linear_cross_entropy(
@@ -91,8 +97,10 @@ def linear_cross_entropy(
 
     A head that trains, has a bias or is anything but a plain ``Linear`` (a LoRA-wrapped head, say)
     takes the plain path: its logits, then ``cross_entropy``.
-    ``chunk_rows`` rows of the head are read at a time; unset, :func:`chunk_rows_for` the head's device.
+    ``chunk_rows`` rows of the head are read at a time; unset, :func:`chunk_rows_for` the head's device and width.
     """
     if type(head) is not torch.nn.Linear or head.weight.requires_grad or head.bias is not None:
         return F.cross_entropy(head_logits(hidden, head, softcap).float(), labels, reduction="sum")
-    return _LinearCrossEntropy.apply(hidden, head.weight, labels, softcap, chunk_rows or chunk_rows_for(head.weight.device))
+    return _LinearCrossEntropy.apply(
+        hidden, head.weight, labels, softcap, chunk_rows or chunk_rows_for(head.weight.device, head.weight.shape[1])
+    )
