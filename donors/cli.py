@@ -58,14 +58,6 @@ def _fail(error: Exception) -> None:
     raise typer.Exit(code=USER_ERROR_EXIT)
 
 
-def _handled(call):
-    """Run ``call``; an error the user can fix is printed with its fix, and the command exits 2."""
-    try:
-        return call()
-    except DonorsError as error:
-        _fail(error)
-
-
 def _study_dir_of(arguments: dict) -> Path | None:
     """The study directory a command works on, if it has one that exists: its ``source``, or its config's output_dir."""
     source = arguments.get("source")
@@ -166,7 +158,7 @@ def run(
     ),
 ) -> None:
     """Train and evaluate whatever the study lacks, then analyse and write the report. Resumable."""
-    path = _handled(lambda: api.run_study(config, console=console, report=not no_report, redo_changed_data=redo_changed_data))
+    path = api.run_study(config, console=console, report=not no_report, redo_changed_data=redo_changed_data)
     typer.echo(str(path))
 
 
@@ -204,12 +196,12 @@ def plan(
     """Print the jobs, tokens and GPU-hours a config implies; with --probe, whether each base model can read its format;
     with --budget, which sources to train next."""
     if budget is not None:
-        chosen = _handled(lambda: api.choose_next_sources(config, budget, measured=measured, shared=shared))
+        chosen = api.choose_next_sources(config, budget, measured=measured, shared=shared)
         # The table to stderr, the YAML alone to stdout: `donors plan ... --budget 8 > sources.yaml` keeps only the YAML.
         _print_frame(chosen.choices, f"next {budget} source(s) {'for all models' if shared else 'per model'}", out=console)
         typer.echo(chosen.sources_yaml, nl=False)
         return
-    p = _handled(lambda: api.plan_study(config, tflops=tflops, mfu=mfu, chars_per_token=chars_per_token))
+    p = api.plan_study(config, tflops=tflops, mfu=mfu, chars_per_token=chars_per_token)
     out = Console()
     if not out.is_terminal:
         out = Console(width=160)
@@ -278,8 +270,8 @@ def plan(
 def _print_probe(config: Path, n_items: int, out: Console) -> None:
     from donors.probe import probe_advice
 
-    study = _handled(lambda: api.load_config(config))
-    result = _handled(lambda: api.probe_study(study, n_items))
+    study = api.load_config(config)
+    result = api.probe_study(study, n_items)
     table = Table(title=f"base models on {n_items} gold-balanced items per target")
     for column in ("model", "format", "target", "n", "accuracy", "debiased", "chance", "top option", "collapsed"):
         table.add_column(column, justify="left" if column in ("model", "format", "target") else "right")
@@ -304,7 +296,7 @@ def _print_probe(config: Path, n_items: int, out: Console) -> None:
 @app.command()
 def status(config: Path) -> None:
     """Done / failed / running / pending counts, and the errors of failed jobs."""
-    s = _handled(lambda: api.study_status(config))
+    s = api.study_status(config)
     table = Table(title="study status")
     for column in ("jobs", "done", "failed", "running", "pending"):
         table.add_column(column, justify="right")
@@ -326,7 +318,7 @@ def analyze(
     metric: str = typer.Option(None, "--metric", help=METRIC_HELP),
 ) -> None:
     """Run every analysis and save each table as CSV; print the validity findings and any analysis that could not run."""
-    analysis = _handled(lambda: api.analyze(source, out, metric=metric))
+    analysis = api.analyze(source, out, metric=metric)
     api.print_findings(analysis, console)
     skipped = analysis.tables.get("skipped_analyses")
     note = f"; {len(skipped)} analyses skipped, listed in skipped_analyses" if skipped is not None else ""
@@ -340,7 +332,7 @@ def report(
     metric: str = typer.Option(None, "--metric", help=METRIC_HELP),
 ) -> None:
     """Write the self-contained HTML report and print its path."""
-    typer.echo(str(_handled(lambda: api.write_report(source, out, metric=metric))))
+    typer.echo(str(api.write_report(source, out, metric=metric)))
 
 
 def _print_frame(frame, title: str, floats: str = "{:+.2f}", out: Console | None = None) -> None:
@@ -368,7 +360,7 @@ def predict(
     seed: int = typer.Option(0, "--seed", help="seed of the inner cross-validation's folds"),
 ) -> None:
     """Predict every unmeasured (model, source, target) cell of the grid, with 90% intervals and P(harm)."""
-    result = _handled(lambda: api.predict(source, out, cv=cv, metric=metric, seed=seed))
+    result = api.predict(source, out, cv=cv, metric=metric, seed=seed)
     cells = result.cells
     console.print(
         f"{int((~cells['measured']).sum()):,} of {len(cells):,} cells predicted, {int(cells['measured'].sum()):,} measured "
@@ -389,7 +381,7 @@ def recommend(
     metric: str = typer.Option(None, "--metric", help=METRIC_HELP),
 ) -> None:
     """Rank sources to fine-tune on by expected mean gain over the chosen targets, measured or predicted."""
-    ranked = _handled(lambda: api.recommend(source, targets, model=model, top=top, max_harm=max_harm, metric=metric))
+    ranked = api.recommend(source, targets, model=model, top=top, max_harm=max_harm, metric=metric)
     _print_frame(ranked, f"what to fine-tune on for {', '.join(targets)} (Δ in pp, 90% interval)")
 
 
