@@ -129,18 +129,13 @@ def test_the_report_shows_what_to_fine_tune_on_and_marks_predicted_cells(measure
 
 
 def test_a_one_seed_study_gives_measured_cells_their_item_bootstrap_interval(measured):
+    from donors.analysis.constants import PUBLISHED_NAMES
     from donors.analysis.study import _with_item_level_se
 
     results = pd.read_csv(measured).assign(delta_score_norm_se=float("nan"))
-    pairs = results.rename(
-        columns={
-            "model_name": "model",
-            "fine_tuned_dataset": "source_task",
-            "fine_tuned_language": "source_language",
-            "eval_dataset": "target_task",
-            "eval_language": "target_language",
-        }
-    ).assign(ci_low=lambda f: f["delta_score_norm_mean"] - 1.959964 * 2.0, ci_high=lambda f: f["delta_score_norm_mean"] + 1.959964 * 2.0)
+    pairs = results.rename(columns={published: ours for ours, published in PUBLISHED_NAMES.items()}).assign(
+        ci_low=lambda f: f["delta_score_norm_mean"] - 1.959964 * 2.0, ci_high=lambda f: f["delta_score_norm_mean"] + 1.959964 * 2.0
+    )
     filled = _with_item_level_se(results, pairs)
     assert filled["delta_score_norm_se"].to_numpy() == pytest.approx(2.0)
     cells = predict_transfer(filled)

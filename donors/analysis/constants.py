@@ -20,6 +20,14 @@ DELTA = "delta_score_norm_mean"
 N_SEEDS = "n_seeds"
 
 KEY_COLUMNS = (MODEL, SOURCE_TASK, SOURCE_LANGUAGE, TARGET_TASK, TARGET_LANGUAGE)
+PUBLISHED_NAMES = {
+    "model": MODEL,
+    "source_task": SOURCE_TASK,
+    "source_language": SOURCE_LANGUAGE,
+    "target_task": TARGET_TASK,
+    "target_language": TARGET_LANGUAGE,
+}
+"""Our names of a pair's keys (the store, ``transfer_pairs``) -> the published schema's."""
 REQUIRED_COLUMNS = (
     MODEL,
     SIZE,

@@ -12,7 +12,7 @@ from typing import Callable
 
 import pandas as pd
 
-from donors.analysis.constants import DELTA, MODEL, SOURCE_LANGUAGE, SOURCE_TASK, TARGET_LANGUAGE, TARGET_TASK
+from donors.analysis.constants import DELTA, MODEL, PUBLISHED_NAMES, SOURCE_LANGUAGE, SOURCE_TASK, TARGET_LANGUAGE, TARGET_TASK
 from donors.analysis.metrics import BIAS_FREE_METRIC, item_scores, target_scores
 from donors.analysis.paired import PairedBootstrap, paired_statistics, paired_tables, regime_summary_by_model
 from donors.analysis.predict import DELTA_SE, prediction_tables
@@ -236,10 +236,9 @@ def _with_item_level_se(results: pd.DataFrame, pairs: pd.DataFrame | None) -> pd
     """
     if pairs is None or pairs.empty:
         return results
-    keys = {"model": MODEL, "source_task": SOURCE_TASK, "source_language": SOURCE_LANGUAGE}
-    keys |= {"target_task": TARGET_TASK, "target_language": TARGET_LANGUAGE}
-    bootstrap = pairs.rename(columns=keys).assign(item_se=(pairs["ci_high"] - pairs["ci_low"]) / (2 * 1.959964))
-    merged = results.merge(bootstrap[[*keys.values(), "item_se"]], on=list(keys.values()), how="left")
+    keys = list(PUBLISHED_NAMES.values())
+    bootstrap = pairs.rename(columns=PUBLISHED_NAMES).assign(item_se=(pairs["ci_high"] - pairs["ci_low"]) / (2 * 1.959964))
+    merged = results.merge(bootstrap[[*keys, "item_se"]], on=keys, how="left")
     item_se = merged.pop("item_se")
     merged[DELTA_SE] = pd.to_numeric(merged[DELTA_SE], errors="coerce").fillna(item_se) if DELTA_SE in merged else item_se
     return merged

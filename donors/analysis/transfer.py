@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from donors.analysis.constants import PUBLISHED_NAMES
 from donors.grid import regime_labels, size_from_name
 
 KEYS = ["model_name", "model_size", "fine_tuned_dataset", "fine_tuned_language", "eval_dataset", "eval_language"]
@@ -34,15 +35,7 @@ def results_table(scores: pd.DataFrame) -> pd.DataFrame:
         )
     merged["delta_score"] = 100 * (merged["score"] - merged["score_base"])
     merged["delta_score_norm"] = 100 * (merged["score_norm"] - merged["score_norm_base"])
-    merged = merged.rename(
-        columns={
-            "model": "model_name",
-            "source_task": "fine_tuned_dataset",
-            "source_language": "fine_tuned_language",
-            "target_task": "eval_dataset",
-            "target_language": "eval_language",
-        }
-    )
+    merged = merged.rename(columns=PUBLISHED_NAMES)
     merged["model_size"] = merged["model_name"].map(size_from_name)
     quantities = ["score", "score_base", "score_norm", "score_norm_base", "delta_score", "delta_score_norm"]
     grouped = merged.groupby(KEYS, dropna=False)
