@@ -100,52 +100,55 @@ def transfer_heatmap(matrix: pd.DataFrame, title: str = "Transfer (pp)") -> Figu
     return figure
 
 
-def significance_heatmap(cells: pd.DataFrame, title: str = "Transfer (pp) and significance", alpha: float = 0.05) -> Figure:
-    """One model's rows of ``transfer_pairs`` as a heatmap of Δ, pairs not significant after BH hatched and dimmed."""
+def _marked_heatmap(
+    cells: pd.DataFrame, keys: tuple[str, str, str, str], value: str, plain: pd.Series, title: str, patch: dict, label: str
+) -> Figure:
+    """One model's long-form rows as a source x target heatmap of ``value``; cells where ``plain`` is false get ``patch``.
+
+    ``keys``: the source task, source language, target task and target language columns.
+    """
     frame = cells.assign(
-        source=cells["source_task"].astype(str) + "/" + cells["source_language"].astype(str),
-        target=cells["target_task"].astype(str) + "/" + cells["target_language"].astype(str),
-        significant=cells["significant"].fillna(False).astype(bool),
+        source=cells[keys[0]].astype(str) + "/" + cells[keys[1]].astype(str),
+        target=cells[keys[2]].astype(str) + "/" + cells[keys[3]].astype(str),
+        plain=plain.to_numpy(bool),
     )
-    matrix = frame.pivot(index="source", columns="target", values="delta").sort_index().sort_index(axis=1)
-    significant = frame.pivot(index="source", columns="target", values="significant").reindex_like(matrix).fillna(False).astype(bool)
+    matrix = frame.pivot(index="source", columns="target", values=value).sort_index().sort_index(axis=1)
+    unmarked = frame.pivot(index="source", columns="target", values="plain").reindex_like(matrix).fillna(False).astype(bool)
     figure = transfer_heatmap(matrix, title=title)
     ax = figure.axes[0]
     for i in range(matrix.shape[0]):
         for j in range(matrix.shape[1]):
-            if not significant.iat[i, j]:
-                ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, facecolor="white", alpha=0.55, hatch="///", edgecolor="0.6", lw=0))
-    figure.legend(
-        handles=[Patch(facecolor="white", edgecolor="0.6", hatch="///", label=f"not significant (q ≥ {alpha:g})")],
-        loc="outside lower center",
-        fontsize=8,
-        frameon=False,
-    )
+            if not unmarked.iat[i, j]:
+                ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, lw=0, **patch))
+    legend = {k: v for k, v in patch.items() if k in ("hatch", "edgecolor")}
+    figure.legend(handles=[Patch(facecolor="white", label=label, **legend)], loc="outside lower center", fontsize=8, frameon=False)
     return figure
+
+
+def significance_heatmap(cells: pd.DataFrame, title: str = "Transfer (pp) and significance", alpha: float = 0.05) -> Figure:
+    """One model's rows of ``transfer_pairs`` as a heatmap of Δ, pairs not significant after BH hatched and dimmed."""
+    return _marked_heatmap(
+        cells,
+        ("source_task", "source_language", "target_task", "target_language"),
+        "delta",
+        cells["significant"].fillna(False).astype(bool),
+        title,
+        dict(facecolor="white", alpha=0.55, hatch="///", edgecolor="0.6"),
+        f"not significant (q ≥ {alpha:g})",
+    )
 
 
 def predicted_heatmap(cells: pd.DataFrame, title: str = "Measured and predicted Δ (pp)") -> Figure:
-    """One model's rows of ``predicted_transfer``: measured cells as they are, predicted ones hatched."""
-    frame = cells.assign(
-        source=cells["fine_tuned_dataset"].astype(str) + "/" + cells["fine_tuned_language"].astype(str),
-        target=cells["eval_dataset"].astype(str) + "/" + cells["eval_language"].astype(str),
-        measured=cells["measured"].astype(bool),
+    """One model's rows of ``predicted_transfer``: measured cells as they are, predicted ones dotted."""
+    return _marked_heatmap(
+        cells,
+        ("fine_tuned_dataset", "fine_tuned_language", "eval_dataset", "eval_language"),
+        "delta_pred",
+        cells["measured"].astype(bool),
+        title,
+        dict(fill=False, hatch="...", edgecolor="0.35"),
+        "predicted (not measured)",
     )
-    matrix = frame.pivot(index="source", columns="target", values="delta_pred").sort_index().sort_index(axis=1)
-    measured = frame.pivot(index="source", columns="target", values="measured").reindex_like(matrix).fillna(False).astype(bool)
-    figure = transfer_heatmap(matrix, title=title)
-    ax = figure.axes[0]
-    for i in range(matrix.shape[0]):
-        for j in range(matrix.shape[1]):
-            if not measured.iat[i, j]:
-                ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="...", edgecolor="0.35", lw=0))
-    figure.legend(
-        handles=[Patch(facecolor="white", edgecolor="0.35", hatch="...", label="predicted (not measured)")],
-        loc="outside lower center",
-        fontsize=8,
-        frameon=False,
-    )
-    return figure
 
 
 def language_transfer_matrix_figure(matrix: pd.DataFrame) -> Figure:
