@@ -109,6 +109,12 @@ ADDED_COLUMNS = {
 }
 """Columns added since the first stores were written: an older store gains them when opened."""
 
+RECORD_FAILURE = (
+    "INSERT INTO failures (job_id, kind, error) VALUES (?, ?, ?) "
+    "ON CONFLICT(job_id) DO UPDATE SET error = excluded.error, attempts = attempts + 1"
+)
+"""A job's failure: a new row, or the latest error and one more attempt on the row it has."""
+
 STORE_NAME = "results.sqlite"
 
 
@@ -289,11 +295,7 @@ class ResultsStore:
         with self._transaction() as db:
             db.execute("DELETE FROM adapters WHERE adapter_id = ?", (adapter_id,))
             self._delete_scores(db, "state_id = ?", (adapter_id,))
-            db.execute(
-                "INSERT INTO failures (job_id, kind, error) VALUES (?, 'train', ?) "
-                "ON CONFLICT(job_id) DO UPDATE SET error = excluded.error, attempts = attempts + 1",
-                (adapter_id, reason),
-            )
+            db.execute(RECORD_FAILURE, (adapter_id, "train", reason))
 
     # -- data fingerprints ------------------------------------------------------------
     def data_fingerprints(self) -> dict[tuple[str, Cell], str]:
@@ -341,11 +343,7 @@ class ResultsStore:
     # -- failures -------------------------------------------------------------------
     def record_failure(self, job_id: str, kind: str, error: str) -> None:
         with self._transaction() as db:
-            db.execute(
-                "INSERT INTO failures (job_id, kind, error) VALUES (?, ?, ?) "
-                "ON CONFLICT(job_id) DO UPDATE SET error = excluded.error, attempts = attempts + 1",
-                (job_id, kind, error),
-            )
+            db.execute(RECORD_FAILURE, (job_id, kind, error))
 
     def failures(self) -> pd.DataFrame:
         return pd.read_sql_query("SELECT * FROM failures ORDER BY job_id", self._db)
