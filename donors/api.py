@@ -246,6 +246,11 @@ def _study_settings(study_dir: Path) -> dict | None:
         ) from None
 
 
+def _published_metric(settings: dict | None) -> str:
+    """The metric a study reports by default: its config's ``eval.metric`` (acc when it has none)."""
+    return (settings or {}).get("eval", {}).get("metric", "acc")
+
+
 def _read_store(study_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The study's per-target scores and per-item predictions, read once."""
     path = store_path(study_dir)
@@ -285,7 +290,7 @@ def analysis_of(source: str | Path, *, metric: str | None = None) -> Analysis:
         tables = {GRID_COVERAGE: coverage_table(coverage), **study_tables(results)}
         return Analysis(tables, results, results, "delta_score_norm", "delta_score_norm", coverage, None)
     settings = _study_settings(source)
-    published = (settings or {}).get("eval", {}).get("metric", "acc")
+    published = _published_metric(settings)
     metric = check_metric(metric or published)
     scores, predictions = _read_store(source)
     # A study still running may hold adapted scores whose base is not scored yet: they have no Δ, and are set aside.
@@ -425,8 +430,7 @@ def _measured_results(source: str | Path, metric: str | None) -> pd.DataFrame:
     if source.is_dir():
         from donors.analysis.metrics import check_metric
 
-        settings = _study_settings(source) or {}
-        return results_of(source, metric=check_metric(metric or settings.get("eval", {}).get("metric", "acc")))
+        return results_of(source, metric=check_metric(metric or _published_metric(_study_settings(source))))
     if metric is not None:
         raise ConfigError(f"--metric needs a study directory with stored predictions; {source} is a results table")
     return results_of(source)
