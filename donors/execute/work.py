@@ -244,10 +244,7 @@ def evaluate_states(
         return
     from peft import PeftModel
 
-    def load_base():
-        return load_model(model_name, dtype=config.dtype, trust_remote_code=config.trust_remote_code)
-
-    base, tokenizer = load_base()
+    base, tokenizer = load_on_device(model_name, config)
     backend = get_scorer(config.eval)
     peft_model = None
     for state, adapter_path, targets in work:
@@ -270,7 +267,7 @@ def evaluate_states(
                 for target in targets:
                     on_failure(state, target, error)
                 if peft_model is None:  # a failed first load may have left LoRA layers in the base: start clean
-                    base, tokenizer = load_base()
+                    base, tokenizer = load_on_device(model_name, config)
                 continue
             peft_model.eval()
             scorer, context = peft_model, nullcontext()
