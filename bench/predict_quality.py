@@ -12,9 +12,10 @@ Prints, as markdown tables:
 3. Source choice at budgets 4, 8, 12, 20 (per model, from nothing): ``choose_sources`` against
    random choices (median of 20 draws) and a fixed strategy (one source per task in the
    best-resourced languages, in order en, zh, es, fr, de).
-4. Seconds to fit and predict a 17,424-row table (9 models x 44 x 44).
+4. Seconds to fit and predict a 17,424-row table (9 models x 44 x 44), and a partial table's fit with one
+   BLAS thread (what the library does) beside BLAS's default thread count.
 
-    OMP_NUM_THREADS=1 .venv/bin/python bench/predict_quality.py [--seeds 3] [--draws 20]
+    .venv/bin/python bench/predict_quality.py [--seeds 3] [--draws 20] [--only-timing]
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from threadpoolctl import threadpool_info
 
 from donors.analysis.predict import (
     KEYS,
@@ -130,9 +132,15 @@ def timing() -> None:
     start = time.perf_counter()
     predicted = fit_transfer_model(study.results).predict()
     partial = time.perf_counter() - start
+    # The same fit with BLAS at its own thread count (the undecorated function), side by side.
+    start = time.perf_counter()
+    fit_transfer_model.__wrapped__(study.results).predict()
+    threaded = time.perf_counter() - start
+    blas = next((pool for pool in threadpool_info() if pool["user_api"] == "blas"), {"num_threads": "?"})
     print("## 4. Time to fit and predict\n")
     print(f"- 17,424 rows (9 models x 44 sources x 44 targets, all measured): {full:.1f} s")
     print(f"- 9 models x 12 of 44 sources ({len(study.results):,} rows) -> {len(predicted):,} cells: {partial:.1f} s")
+    print(f"- the same with BLAS's default {blas['num_threads']} threads: {threaded:.1f} s ({threaded / partial:.1f}x the one-thread fit)")
 
 
 def demo_study(source: Path) -> None:
@@ -157,7 +165,11 @@ def main() -> None:
     parser.add_argument("--draws", type=int, default=20, help="random choices per budget in part 3")
     parser.add_argument("--demo", type=Path, default=Path("studies/demo"), help="a finished study for part 5 (default: the demo's)")
     parser.add_argument("--only-demo", action="store_true", help="run part 5 alone")
+    parser.add_argument("--only-timing", action="store_true", help="run part 4 alone")
     args = parser.parse_args()
+    if args.only_timing:
+        timing()
+        return
     if args.only_demo:
         demo_study(args.demo)
         return

@@ -39,6 +39,7 @@ import numpy as np
 import pandas as pd
 from scipy import linalg, sparse, stats
 
+from donors.analysis.blas import one_blas_thread
 from donors.analysis.constants import (
     DELTA,
     HARM_THRESHOLD,
@@ -481,6 +482,7 @@ class TransferModel:
         return out[PREDICTION_COLUMNS]
 
 
+@one_blas_thread
 def fit_transfer_model(
     results,
     *,
@@ -670,6 +672,7 @@ def _as_frame(measured) -> pd.DataFrame | None:
     return pd.DataFrame(triples, columns=[MODEL, SOURCE_TASK, SOURCE_LANGUAGE]) if triples else None
 
 
+@one_blas_thread
 def choose_sources(
     results_or_grid: pd.DataFrame,
     budget: int,

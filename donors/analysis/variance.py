@@ -10,7 +10,6 @@ and *not* a crossed one (protocol A15 and section 6.3).
 
 from __future__ import annotations
 
-import contextlib
 import warnings
 
 import numpy as np
@@ -18,6 +17,7 @@ import pandas as pd
 from statsmodels.regression.mixed_linear_model import MixedLM
 from statsmodels.tools.sm_exceptions import ConvergenceWarning
 
+from donors.analysis.blas import one_blas_thread
 from donors.analysis.constants import (
     DELTA,
     MODEL,
@@ -47,19 +47,6 @@ MIXED_MIN_ROWS = MIXED_PARAMETERS + 1
 """Rows with Δ a fit needs at the least: more than it has parameters (one row once raised an IndexError in statsmodels)."""
 
 
-def _single_threaded_blas() -> contextlib.AbstractContextManager:
-    """Limit BLAS to one thread while fitting, when threadpoolctl is installed.
-
-    The fit is thousands of small dense solves; threading them only adds overhead, and on
-    a busy machine it makes the fit several times slower.
-    """
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return contextlib.nullcontext()
-    return threadpool_limits(limits=1, user_api="blas")
-
-
 def _design(df: pd.DataFrame) -> pd.DataFrame:
     """Δ and the three categorical ids, NaN Δ dropped (A15 preparation)."""
     data = pd.DataFrame(
@@ -73,6 +60,7 @@ def _design(df: pd.DataFrame) -> pd.DataFrame:
     return data.dropna(subset=["delta"]).reset_index(drop=True)
 
 
+@one_blas_thread
 def variance_components(df: pd.DataFrame, *, use_sparse: bool = False) -> dict[str, float]:
     """REML estimates of the model, source, target and residual variances (A15).
 
@@ -86,7 +74,7 @@ def variance_components(df: pd.DataFrame, *, use_sparse: bool = False) -> dict[s
     if len(data) < MIXED_MIN_ROWS:
         return dict.fromkeys(VARIANCE_ROWS, np.nan)
     failure = None
-    with warnings.catch_warnings(), _single_threaded_blas():
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         warnings.simplefilter("ignore", RuntimeWarning)
         try:
