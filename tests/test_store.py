@@ -8,6 +8,7 @@ import pytest
 
 from donors.evaluate import target_result
 from donors.grid import Cell
+from donors.jobs import EvalJob
 from donors.records import AdapterRecord, ItemPrediction, ModelState
 from donors.store import ResultsStore
 from donors.store.lock import study_lock
@@ -39,6 +40,21 @@ def test_adapter_record_round_trip_clears_failure(tmp_path):
         store.add_adapter(record)
         assert store.adapter(record.adapter_id) == record
         assert store.failures().empty
+
+
+def test_a_job_that_comes_back_leaves_the_in_flight_list_with_its_record(tmp_path):
+    """A job stops counting as running in the same transaction that stores its adapter, its score or its failure."""
+    record = AdapterRecord("m|t/en|seed1", "m", "t", "en", 1, "adapters/x", "abc", ("a",), (), None, (), None, {})
+    state = ModelState("m", Cell("t", "en"), 1)
+    scored, failed = EvalJob(state, Cell("t", "en")).job_id, EvalJob(state, Cell("t", "de")).job_id
+    with ResultsStore(tmp_path / "r.sqlite") as store:
+        store.mark_running([record.adapter_id], "train")
+        store.mark_running([scored, failed, "eval:still-out"], "eval")
+        store.add_adapter(record)
+        assert store.running() == {scored, failed, "eval:still-out"}
+        store.add_target_result(state, target_result(predictions("t", "en")))
+        store.record_failure(failed, "eval", "boom")
+        assert store.running() == {"eval:still-out"}
 
 
 def test_a_failed_transaction_leaves_nothing(tmp_path):

@@ -15,7 +15,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from donors.config import StudyConfig
 from donors.execute.pending import collapsed_base_warning, pending_eval_work, pending_train_jobs
 from donors.execute.work import describe, evaluate_states, load_on_device, prepare_worker, train_adapter
-from donors.grid import Cell
 from donors.jobs import EvalJob, model_states
 from donors.store import ResultsStore
 from donors.tasks.data import StudyData
@@ -70,7 +69,6 @@ class LocalExecutor:
                 except Exception as error:  # noqa: BLE001 - record it, go on with the rest
                     self.store.record_failure(job.job_id, "train", describe(error))
                     progress.console.print(f"[red]training failed[/red] {job.job_id}: {error}")
-                self.store.clear_running([job.job_id])
                 progress.remove_task(bar)
                 progress.advance(overall)
 
@@ -85,13 +83,8 @@ class LocalExecutor:
         with _progress(self.console) as progress:
             bar = progress.add_task(f"evaluate {model}", total=sum(len(self.data.test[t]) for _, _, ts in work for t in ts))
 
-            def scored(state, result) -> None:
-                self.store.add_target_result(state, result)
-                self.store.clear_running([EvalJob(state, Cell(result.score.target_task, result.score.target_language)).job_id])
-
             def failed(state, target, error) -> None:
                 self.store.record_failure(EvalJob(state, target).job_id, "eval", describe(error))
-                self.store.clear_running([EvalJob(state, target).job_id])
                 progress.console.print(f"[red]evaluation failed[/red] {state.state_id} on {target}: {error}")
 
             self.store.mark_running([EvalJob(state, t).job_id for state, _, targets in work for t in targets], "eval")
@@ -100,7 +93,7 @@ class LocalExecutor:
                 model,
                 work,
                 self.data.test,
-                on_result=scored,
+                on_result=self.store.add_target_result,
                 on_failure=failed,
                 on_items=lambda n: progress.advance(bar, n),
             )

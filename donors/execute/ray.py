@@ -267,7 +267,6 @@ class RayExecutor:
                 queues[job.model].appendleft(job)
                 return
             self.store.record_failure(job.job_id, "train", describe(error))
-            self.store.clear_running([job.job_id])
             self.console.print(f"[red]train failed after {settings.max_retries} retries[/red] {job.job_id}")
             finished_train.add(job.job_id)
 
@@ -291,9 +290,7 @@ class RayExecutor:
                 self.store.add_target_result(state, target_result)
             for target, error in failures:
                 self.store.record_failure(EvalJob(state, target).job_id, "eval", error)
-            done = {EvalJob(state, t).job_id for t in self._targets_of(results, failures)}
-            self.store.clear_running(sorted(done))
-            unit.job_ids -= done
+            unit.job_ids -= {EvalJob(state, t).job_id for t in self._targets_of(results, failures)}
             if state.is_base and results:
                 warning = collapsed_base_warning(self.config, self.store, state.model)
                 if warning:
@@ -317,7 +314,6 @@ class RayExecutor:
                     else:
                         self._warn(warned)
                         self.store.add_adapter(record)
-                        self.store.clear_running([job.job_id])
                         finished_train.add(job.job_id)
                         timing["loads"] += load_seconds > 0
                         timing["load_seconds"] += load_seconds

@@ -115,6 +115,9 @@ RECORD_FAILURE = (
 )
 """A job's failure: a new row, or the latest error and one more attempt on the row it has."""
 
+FINISHED = "DELETE FROM running WHERE job_id = ?"
+"""A job that came back, scored or failed, leaves the in-flight list in the transaction that records it."""
+
 STORE_NAME = "results.sqlite"
 
 
@@ -255,6 +258,7 @@ class ResultsStore:
 
     # -- adapters ------------------------------------------------------------------
     def add_adapter(self, record: AdapterRecord) -> None:
+        """Store a trained adapter; its training job is no longer failed or in flight."""
         row = asdict(record)
         for key in ("train_ids", "validation_ids", "validation_losses", "versions"):
             row[key] = json.dumps(row[key])
@@ -263,6 +267,7 @@ class ResultsStore:
         with self._transaction() as db:
             db.execute(f"INSERT OR REPLACE INTO adapters ({columns}) VALUES ({marks})", tuple(row.values()))
             db.execute("DELETE FROM failures WHERE job_id = ?", (record.adapter_id,))
+            db.execute(FINISHED, (record.adapter_id,))
 
     def adapter(self, adapter_id: str) -> AdapterRecord | None:
         cursor = self._db.execute("SELECT * FROM adapters WHERE adapter_id = ?", (adapter_id,))
@@ -342,8 +347,10 @@ class ResultsStore:
 
     # -- failures -------------------------------------------------------------------
     def record_failure(self, job_id: str, kind: str, error: str) -> None:
+        """Record that a job failed (one more attempt if it had failed before); it is no longer in flight."""
         with self._transaction() as db:
             db.execute(RECORD_FAILURE, (job_id, kind, error))
+            db.execute(FINISHED, (job_id,))
 
     def failures(self) -> pd.DataFrame:
         return pd.read_sql_query("SELECT * FROM failures ORDER BY job_id", self._db)
@@ -367,7 +374,7 @@ class ResultsStore:
 
     # -- evaluation -----------------------------------------------------------------
     def add_target_result(self, state: ModelState, result: TargetResult) -> None:
-        """Write one target's per-item predictions (every rotation) and its score in one transaction."""
+        """Write one target's per-item predictions (every rotation) and its score in one transaction; the job is done."""
         score = result.score
 
         def row(p: ItemPrediction) -> tuple:
@@ -411,7 +418,9 @@ class ResultsStore:
                     json.dumps(score.gold_counts),
                 ),
             )
-            db.execute("DELETE FROM failures WHERE job_id = ?", (eval_job_id(state, Cell(score.target_task, score.target_language)),))
+            job_id = eval_job_id(state, Cell(score.target_task, score.target_language))
+            db.execute("DELETE FROM failures WHERE job_id = ?", (job_id,))
+            db.execute(FINISHED, (job_id,))
 
     def scored_targets(self, state_id: str) -> set[tuple[str, str]]:
         rows = self._db.execute("SELECT target_task, target_language FROM scores WHERE state_id = ?", (state_id,))
