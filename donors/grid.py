@@ -11,22 +11,26 @@ from dataclasses import dataclass
 import numpy as np
 
 MAX_COMPONENT = 120
-"""Characters of a folder or file name made from a model entry or other name (filesystems allow 255 bytes)."""
+"""Characters of a folder name made from a model entry or other name (filesystems allow 255 bytes)."""
+MAX_FILE_STEM = 200
+"""Characters of a table's or figure's file name before its suffix: room for a prefix before a model's component."""
 _SAFE_COMPONENT = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
 
 
-def path_component(name: str) -> str:
+def path_component(name: str, limit: int = MAX_COMPONENT) -> str:
     """The one folder name a model entry (or any other name) becomes: never ``..``, a path, or a control character.
 
     An embedded model or a hub id keeps the spelling adapter folders always had ('org/name' -> 'org__name'); so does a
     local path made only of letters, digits, '.', '_', '-' and '/' ('/models/llama' -> '__models__llama'). Any other
     name (a leading dot, spaces, other characters, very long) is cut to those characters, with the first 8 hex digits of
     its SHA-256 appended so two entries never share a folder: './my model' -> 'my_model-<hash>'.
+    ``limit``: the most characters kept; files named ``<prefix>__<component>`` use
+    :data:`MAX_FILE_STEM`, so a name built from a component is never cut and hashed again.
     """
     plain = name.replace("/", "__")
-    if _SAFE_COMPONENT.fullmatch(plain) and len(plain) <= MAX_COMPONENT:
+    if _SAFE_COMPONENT.fullmatch(plain) and len(plain) <= limit:
         return plain
-    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", plain).lstrip("._")[: MAX_COMPONENT - 9] or "name"
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", plain).lstrip("._")[: limit - 9] or "name"
     return f"{cleaned}-{hashlib.sha256(name.encode('utf-8', 'surrogatepass')).hexdigest()[:8]}"
 
 

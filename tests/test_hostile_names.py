@@ -112,6 +112,22 @@ def test_plain_model_entries_keep_the_folder_they_always_had():
     assert path_component("..") != path_component(".")
 
 
+def test_a_long_model_name_gives_files_named_exactly_as_their_tables(tmp_path):
+    """A model's component is cut and hashed once: the file of table ``transfer_matrix__<component>`` bears that name."""
+    from donors.analysis.predict import synthetic_transfer_table
+    from donors.analysis.results import save_tables
+    from donors.analysis.study import transfer_matrices
+
+    results = synthetic_transfer_table(n_models=1, n_sources=4, seed=1).results
+    model = "/models/" + "llama-" * 30  # plain characters, too long for a folder: cut, with a hash
+    results["model_name"] = model
+    tables = transfer_matrices(results)
+    (key,) = tables
+    assert key == f"transfer_matrix__{path_component(model)}" and len(path_component(model)) == MAX_COMPONENT
+    (path,) = save_tables(tables, tmp_path)
+    assert path.name == f"{key}.csv"
+
+
 @pytest.mark.parametrize(
     ("model", "message"),
     [

@@ -43,7 +43,7 @@ from donors.analysis.constants import (
     N,
 )
 from donors.errors import MAX_QUOTED, DonorsError, InputNotFound, _quoted
-from donors.grid import path_component, regime_labels
+from donors.grid import MAX_FILE_STEM, path_component, regime_labels
 
 
 class ResultsTableError(DonorsError, ValueError):
@@ -479,4 +479,4 @@ def save_tables(tables: Mapping[str, pd.DataFrame], directory: str | os.PathLike
     """Write each table as ``<directory>/<name>.csv`` (:func:`write_csv`); return the paths."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    return [write_csv(table, directory / f"{path_component(name)}.csv") for name, table in tables.items()]
+    return [write_csv(table, directory / f"{path_component(name, MAX_FILE_STEM)}.csv") for name, table in tables.items()]

@@ -18,7 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from donors.grid import path_component  # noqa: E402
+from donors.grid import MAX_FILE_STEM, path_component  # noqa: E402
 from donors.report.figures import donor_recipient_figure, predicted_heatmap, significance_heatmap, transfer_heatmap  # noqa: E402
 
 STYLE = """
@@ -405,7 +405,7 @@ def build_report(
     """The report page; with ``figures_dir`` each figure is also written there as a PNG."""
 
     def figure_path(name: str) -> Path | None:
-        return figures_dir / f"{path_component(name)}.png" if figures_dir is not None else None
+        return figures_dir / f"{path_component(name, MAX_FILE_STEM)}.png" if figures_dir is not None else None
 
     parts = [
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
