@@ -13,6 +13,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import pandas as pd
 from rich.console import Console
@@ -251,13 +252,20 @@ def _published_metric(settings: dict | None) -> str:
     return (settings or {}).get("eval", {}).get("metric", "acc")
 
 
-def _read_store(study_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The study's per-target scores and per-item predictions, read once."""
+class _StoredStudy(NamedTuple):
+    """What the analyses read from a study's store, in one pass: scores, per-item predictions, adapter ids."""
+
+    scores: pd.DataFrame
+    predictions: pd.DataFrame
+    adapter_ids: set[str]
+
+
+def _read_store(study_dir: Path) -> _StoredStudy:
     path = store_path(study_dir)
     if not path.exists():
         raise InputNotFound(f"{study_dir}: no {STORE_NAME} here; run the study first, or point at its output_dir")
     with ResultsStore(path) as store:
-        return store.scores(), store.item_predictions()
+        return _StoredStudy(store.scores(), store.item_predictions(), store.adapter_ids())
 
 
 def analysis_of(source: str | Path, *, metric: str | None = None) -> Analysis:
@@ -292,14 +300,12 @@ def analysis_of(source: str | Path, *, metric: str | None = None) -> Analysis:
     settings = _study_settings(source)
     published = _published_metric(settings)
     metric = check_metric(metric or published)
-    scores, predictions = _read_store(source)
+    scores, predictions, adapter_ids = _read_store(source)
     # A study still running may hold adapted scores whose base is not scored yet: they have no Δ, and are set aside.
     stored, left_out = with_base_scores(StoredOutcomes(scores, predictions))
     results = results_table(stored.target_scores(metric))
     published_results = results if metric == "acc_norm" else results_table(stored.target_scores("acc_norm"))
-    coverage = study_coverage(
-        results, scores, _expected_grid(source, settings), _stored_adapter_ids(source), left_out, running=study_in_use(source)
-    )
+    coverage = study_coverage(results, scores, _expected_grid(source, settings), adapter_ids, left_out, running=study_in_use(source))
     partial = any(line.startswith("WARNING:") for line in coverage)  # the grid is not complete
     tables = study_tables(results, stored=stored, metric=metric, published_metric=published, partial=partial)
     tables = {GRID_COVERAGE: coverage_table(coverage), **tables}
@@ -329,11 +335,6 @@ def _expected_grid(study_dir: Path, settings: dict | None):
     return ExpectedGrid(frame, frozenset(job.job_id for job in train_jobs(config)))
 
 
-def _stored_adapter_ids(study_dir: Path) -> set[str]:
-    with ResultsStore(store_path(study_dir)) as store:
-        return store.adapter_ids()
-
-
 def probe_study(config: StudyConfig | str | Path, n_items: int, *, on_items=None) -> pd.DataFrame:
     """Score ``n_items`` gold-balanced items per target with each base model, in each format (:mod:`donors.probe`)."""
     from donors.probe import probe_base_models
@@ -352,7 +353,8 @@ def results_of(source: str | Path, *, metric: str | None = None) -> pd.DataFrame
         from donors.analysis.transfer import results_table
 
         # acc_norm leaves both stored scores where the published schema puts them (score: acc, score_norm: acc_norm).
-        return results_table(StoredOutcomes(*_read_store(source)).target_scores(metric or "acc_norm"))
+        stored = _read_store(source)
+        return results_table(StoredOutcomes(stored.scores, stored.predictions).target_scores(metric or "acc_norm"))
     from donors.analysis.results import load_results_table
 
     return load_results_table(source)
