@@ -282,6 +282,7 @@ def analysis_of(source: str | Path, *, metric: str | None = None) -> Analysis:
         GRID_COVERAGE,
         StoredOutcomes,
         coverage_table,
+        dtype_findings,
         study_coverage,
         study_tables,
         table_coverage,
@@ -307,6 +308,7 @@ def analysis_of(source: str | Path, *, metric: str | None = None) -> Analysis:
     published_results = results if metric == "acc_norm" else results_table(stored.target_scores("acc_norm"))
     coverage = study_coverage(results, scores, _expected_grid(source, settings), adapter_ids, left_out, running=study_in_use(source))
     partial = any(line.startswith("WARNING:") for line in coverage)  # the grid is not complete
+    coverage += dtype_findings(scores)
     tables = study_tables(results, stored=stored, metric=metric, published_metric=published, partial=partial)
     tables = {GRID_COVERAGE: coverage_table(coverage), **tables}
     findings = coverage + (tables["validity_findings"]["finding"].tolist() if "validity_findings" in tables else [])

@@ -299,7 +299,8 @@ class StudyConfig(_Section):
     )
     ray: RayConfig = Field(RayConfig(), description="the Ray cluster, used with executor: ray (section ray)")
     dtype: Literal["auto", "float32", "bfloat16"] = Field(
-        "auto", description="auto: bf16 on a GPU that supports it, else float32 (the published runs: bfloat16)"
+        "auto",
+        description="auto: bf16 on a GPU that supports it, else float32 (the published runs: bfloat16); each score records the dtype it was computed in, and a model scored in two is flagged",
     )
     trust_remote_code: bool = Field(
         False, description="let transformers run a hub model's own Python code; off: loading a model runs no code from the hub"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from donors.grid import Cell
 
@@ -98,7 +98,9 @@ class TargetScore:
 
     ``predicted_counts[j]`` items were answered with option j, ``gold_counts[j]`` have option j
     as gold: the first shows a model that answers one letter for everything, the second a test
-    subset on which such a model scores above chance.
+    subset on which such a model scores above chance. ``dtype``: what the model's weights
+    computed in ('bfloat16', 'float32'; '' where it was not recorded); the states of one model
+    must share it, or a Δ mixes rounding with transfer.
     """
 
     target_task: str
@@ -108,6 +110,7 @@ class TargetScore:
     accuracy_norm: float
     predicted_counts: tuple[int, ...] = ()
     gold_counts: tuple[int, ...] = ()
+    dtype: str = ""
 
     @property
     def top_share(self) -> float:
@@ -130,6 +133,10 @@ class TargetResult:
     score: TargetScore
     predictions: list[ItemPrediction]
     rotations: list[ItemPrediction] = field(default_factory=list)
+
+    def computed_in(self, dtype: str) -> "TargetResult":
+        """The same result, its score labelled with the dtype the model computed in."""
+        return replace(self, score=replace(self.score, dtype=dtype))
 
 
 def eval_job_id(state: ModelState, target: Cell) -> str:

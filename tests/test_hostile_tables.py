@@ -243,8 +243,11 @@ def predictions(cell: Cell, right: int) -> list[ItemPrediction]:
     ]
 
 
-def make_study(study: Path, *, adapters: int, base_targets: int = len(CELLS)) -> Path:
-    """A study directory with config.json (1 model, 4 cells, 1 seed) and a store holding part of its grid."""
+def make_study(study: Path, *, adapters: int, base_targets: int = len(CELLS), dtypes: tuple[str, str] = ("", "")) -> Path:
+    """A study directory with config.json (1 model, 4 cells, 1 seed) and a store holding part of its grid.
+
+    ``dtypes``: what the base and the adapted states are recorded as having computed in.
+    """
     study.mkdir(parents=True, exist_ok=True)
     config = config_from_dict(
         {"models": [MODEL], "tasks": list(TASKS), "languages": list(LANGUAGES), "seeds": [SEED], "output_dir": str(study)}
@@ -252,7 +255,7 @@ def make_study(study: Path, *, adapters: int, base_targets: int = len(CELLS)) ->
     (study / "config.json").write_text(config.model_dump_json(indent=1))
     with ResultsStore(store_path(study)) as store:
         for cell in CELLS[:base_targets]:
-            store.add_target_result(ModelState(MODEL), target_result(predictions(cell, 4)))
+            store.add_target_result(ModelState(MODEL), target_result(predictions(cell, 4)).computed_in(dtypes[0]))
         for i, source in enumerate(CELLS[:adapters]):
             state = ModelState(MODEL, source, SEED)
             record = AdapterRecord(
@@ -260,8 +263,20 @@ def make_study(study: Path, *, adapters: int, base_targets: int = len(CELLS)) ->
             )
             store.add_adapter(record)
             for cell in CELLS:
-                store.add_target_result(state, target_result(predictions(cell, 5 + i % 3)))
+                store.add_target_result(state, target_result(predictions(cell, 5 + i % 3)).computed_in(dtypes[1]))
     return study
+
+
+def test_a_model_scored_in_two_dtypes_is_named_in_the_findings(tmp_path):
+    """A study resumed where `dtype: auto` resolves otherwise: its Δ would mix rounding with transfer."""
+    for dtypes in (("", ""), ("float32", "float32"), ("", "bfloat16")):
+        findings = api.analysis_of(make_study(tmp_path / "-".join(dtypes), adapters=4, dtypes=dtypes)).findings
+        assert not any("more than one dtype" in line for line in findings), dtypes
+    mixed = make_study(tmp_path / "mixed", adapters=4, dtypes=("float32", "bfloat16"))
+    (line,) = [line for line in api.analyze(mixed).findings if "more than one dtype" in line]
+    assert line.startswith(f"WARNING: the states of {MODEL} were scored in more than one dtype")
+    assert "bfloat16: 16 (model state, target) pairs; float32: 4 (model state, target) pairs" in line
+    assert "more than one dtype" in pd.read_csv(mixed / "analysis" / "grid_coverage.csv")["finding"].iloc[-1]
 
 
 def test_a_partial_study_says_how_much_of_the_grid_is_present_and_what_was_skipped(tmp_path):

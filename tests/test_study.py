@@ -108,6 +108,7 @@ def test_study_scores_every_state_on_every_target(finished_study):
     study_dir = report.parent
     scores = store_rows(study_dir, "scores")
     assert len(scores) == N_STATES * N_TARGETS
+    assert set(scores["dtype"]) == {"float32"}  # every state computed in one dtype (the CPU's float32), recorded
     assert len(store_rows(study_dir, "predictions")) == N_STATES * N_TARGETS * 6
     adapters = store_rows(study_dir, "adapters")
     assert len(adapters) == 4

@@ -166,6 +166,28 @@ def study_coverage(
     return [line + "; analyses without enough data are listed in skipped_analyses. Finish it with `donors run`, then analyse again."]
 
 
+def dtype_findings(scores: pd.DataFrame) -> list[str]:
+    """A ``WARNING:`` per model whose states were scored in more than one dtype (``scores``: the store's scores).
+
+    A study resumed on another kind of device can resolve ``dtype: auto`` differently; a Δ
+    between a state scored in float32 and one scored in bfloat16 then mixes rounding with
+    transfer. Scores stored before dtypes were recorded have none and are not counted.
+    """
+    if "dtype" not in scores:
+        return []
+    lines = []
+    for model, group in scores.dropna(subset=["dtype"]).groupby("model", sort=True):
+        counts = group["dtype"].value_counts().sort_index()
+        if len(counts) > 1:
+            spread = "; ".join(f"{dtype}: {_plural(int(n), '(model state, target) pair')}" for dtype, n in counts.items())
+            lines.append(
+                f"WARNING: the states of {model} were scored in more than one dtype ({spread}), so its Δ mixes rounding "
+                "with transfer. Resume it on the kind of device that scored the others, or set `dtype:` and run it in a "
+                "new output_dir."
+            )
+    return lines
+
+
 def coverage_table(lines: list[str]) -> pd.DataFrame:
     """The ``grid_coverage`` table: one finding per row."""
     return pd.DataFrame({"finding": lines})

@@ -24,7 +24,7 @@ from donors.errors import DonorsError
 from donors.evaluate import get_scorer
 from donors.grid import Cell
 from donors.jobs import TrainJob
-from donors.models import load_model, pick_device
+from donors.models import load_model, pick_device, pick_dtype
 from donors.records import AdapterRecord, ModelState, TargetResult
 from donors.tasks.data import fingerprint
 from donors.tasks.item import Item, stable_digest
@@ -219,9 +219,14 @@ def train_adapter(
         best_epoch=result.best_epoch,
         validation_losses=result.validation_losses,
         train_seconds=result.seconds,
-        versions={**library_versions(), **determinism, "dtype": str(next(model.parameters()).dtype).removeprefix("torch.")},
+        versions={**library_versions(), **determinism, "dtype": weights_dtype(model)},
         sha256=adapter_digest(path),
     )
+
+
+def weights_dtype(model) -> str:
+    """The dtype a model's weights compute in, as the store records it ('bfloat16', 'float32')."""
+    return str(next(model.parameters()).dtype).removeprefix("torch.")
 
 
 def evaluate_states(
@@ -246,6 +251,7 @@ def evaluate_states(
 
     base, tokenizer = load_on_device(model_name, config)
     backend = get_scorer(config.eval)
+    dtype = weights_dtype(base)
     peft_model = None
     for state, adapter_path, targets in work:
         if state.is_base:
@@ -277,7 +283,7 @@ def evaluate_states(
                     (result,) = backend.score(
                         scorer, tokenizer, {target: test_items[target]}, model_name=model_name, on_batch=on_items
                     ).values()
-                    on_result(state, result)
+                    on_result(state, result.computed_in(dtype))
                 except Exception as error:  # noqa: BLE001 - one failed target must not stop the others
                     on_failure(state, target, error)
 
@@ -315,9 +321,10 @@ def _evaluate_with_vllm(config, model_name, work, test_items, on_result, on_fail
             max_model_len=config.eval.vllm.max_model_len,
             engine_args=vllm_engine_args(config),
         )
+        dtype = str(pick_dtype(config.dtype)).removeprefix("torch.")  # what VllmScorer gives the engine
         for state, target, result in scorer.score_adapters(states, on_items=on_items):
             pending.discard((state, target))
-            on_result(state, result)
+            on_result(state, result.computed_in(dtype))
     except Exception as error:  # noqa: BLE001 - an engine that fails (at start or in a call) fails the pairs it had not returned
         for state, target in sorted(pending, key=str):
             on_failure(state, target, error)

@@ -98,13 +98,14 @@ CREATE TABLE IF NOT EXISTS scores (
     accuracy_norm REAL NOT NULL,
     predicted_counts TEXT,
     gold_counts TEXT,
+    dtype TEXT,
     PRIMARY KEY (state_id, target_task, target_language)
 );
 """
 
 ADDED_COLUMNS = {
     "predictions": {"predicted_norm": "INTEGER"},
-    "scores": {"predicted_counts": "TEXT", "gold_counts": "TEXT"},
+    "scores": {"predicted_counts": "TEXT", "gold_counts": "TEXT", "dtype": "TEXT"},
     "adapters": {"sha256": "TEXT"},
 }
 """Columns added since the first stores were written: an older store gains them when opened."""
@@ -402,7 +403,7 @@ class ResultsStore:
             )
             db.execute(
                 "INSERT OR REPLACE INTO scores (state_id, model, seed, source_task, source_language, target_task, target_language, n, "
-                "accuracy, accuracy_norm, predicted_counts, gold_counts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "accuracy, accuracy_norm, predicted_counts, gold_counts, dtype) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     state.state_id,
                     state.model,
@@ -416,6 +417,7 @@ class ResultsStore:
                     score.accuracy_norm,
                     json.dumps(score.predicted_counts),
                     json.dumps(score.gold_counts),
+                    score.dtype or None,
                 ),
             )
             job_id = eval_job_id(state, Cell(score.target_task, score.target_language))
