@@ -106,6 +106,18 @@ def build(name: str, tiny: bool, device: torch.device, dtype: torch.dtype):
     return model.eval()
 
 
+def load_bench_tokenizer(folder: Path | None):
+    """A saved tokenizer (what a GPU machine without the embedded model's package is given), or the embedded SmolLM2's."""
+    from donors.models import load_tokenizer
+
+    if folder is not None:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(folder)
+    embedded_model_path("smollm2-135m")
+    return load_tokenizer("smollm2-135m")
+
+
 def items(n: int, length_words: int, seed: int) -> list[Item]:
     """Lettered four-option items of about ``length_words`` words: random text, real prompt format."""
     generator = torch.Generator().manual_seed(seed)
@@ -219,6 +231,7 @@ def main() -> None:
         "--peak-tflops", type=float, default=None, help=f"the peak `donors plan --tflops` assumes (GPU default {DEFAULT_TFLOPS:g})"
     )
     parser.add_argument("--json", type=Path, help="also write the rows here")
+    parser.add_argument("--tokenizer", type=Path, help="a saved tokenizer folder (default: the embedded SmolLM2's)")
     args = parser.parse_args()
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -228,10 +241,7 @@ def main() -> None:
         args.peak_tflops = DEFAULT_TFLOPS if device.type == "cuda" else rate
     named = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
     print(f"device: {device} ({named}), {dtype}, torch {torch.__version__}; dense matmul {rate:.1f} TFLOP/s measured")
-    from donors.models import load_tokenizer
-
-    embedded_model_path("smollm2-135m")
-    tokenizer = load_tokenizer("smollm2-135m")
+    tokenizer = load_bench_tokenizer(args.tokenizer)
     rows = []
     for name in args.models:
         row = run(name, args, device, dtype, tokenizer, rate)

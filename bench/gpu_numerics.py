@@ -1,0 +1,261 @@
+"""The GPU measurements issue 18 asks for beside throughput, each printed as a small table.
+
+Randomly initialised models of the published shapes (``bench/gpu_throughput.py``'s, plus
+Llama-3.1-8B and Gemma-3-4b), so nothing is downloaded. Parts (``--parts``):
+
+- ``head-loss``: the one-pass head loss (``donors.train.loss``) against a plain fp32
+  cross-entropy over bf16 logits at vocabulary 262,144 (Gemma 3), forward + backward: ms and
+  peak memory, for 16 to 4,096 answer rows.
+- ``determinism``: training Llama-3.2-1B's shape with deterministic kernels on and off
+  (``train.deterministic``): seconds for the same steps, their ratio (the cost the README
+  states), and whether two runs of each give byte-identical adapters.
+- ``memory-8b``: one training step of Llama-3.1-8B's shape in bf16, 8 x ~512 tokens: peak memory
+  with donors' adapters (bf16, fused) against PEFT's default (adapters cast to fp32, its own
+  layers) and a plain cross-entropy.
+- ``gemma-4b``: a Gemma-3-4b vision-language checkpoint (random weights, the published config)
+  written to disk and loaded through ``donors.models.load_model``: the class it becomes, whether
+  any vision parameter reached the device, and the memory the weights take.
+- ``token-budget``: scoring with ``native.token_budget`` on the 1B and 8B shapes at long prompts:
+  the budget, the widest batch it allowed, and the peak memory over the weights as a share of
+  what the budget assumed (``GPU_MEMORY_SHARE`` of the memory the weights leave).
+
+    python3 bench/gpu_numerics.py --tokenizer DIR [--parts head-loss determinism ...]
+    .venv/bin/python bench/gpu_numerics.py --tiny     # anywhere: small shapes, to check it runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from gpu_throughput import SHAPES, build, items, load_bench_tokenizer, peak_memory_gib, sync  # noqa: E402
+
+from donors.config import LoraConfig, TrainConfig  # noqa: E402
+from donors.evaluate import native  # noqa: E402
+from donors.execute.work import deterministic_training  # noqa: E402
+from donors.models import load_model, pick_dtype  # noqa: E402
+from donors.train.lora import peft_lora_config, train_lora  # noqa: E402
+from donors.train.loss import chunk_rows_for, linear_cross_entropy  # noqa: E402
+
+LLAMA_8B = (
+    "llama",
+    dict(
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=128,
+        vocab_size=128256,
+        tie_word_embeddings=False,
+        rms_norm_eps=1e-5,
+        max_position_embeddings=131072,
+    ),
+)
+GEMMA_4B_TEXT = dict(
+    hidden_size=2560,
+    intermediate_size=10240,
+    num_hidden_layers=34,
+    num_attention_heads=8,
+    num_key_value_heads=4,
+    head_dim=256,
+    vocab_size=262208,
+    sliding_window=1024,
+    query_pre_attn_scalar=256,
+    rms_norm_eps=1e-6,
+)
+GEMMA_4B_VISION = dict(
+    hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16, image_size=896, patch_size=14
+)
+
+
+def clock(device: torch.device, run) -> float:
+    sync(device)
+    started = time.perf_counter()
+    run()
+    sync(device)
+    return time.perf_counter() - started
+
+
+def reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def head_loss(args, device, dtype) -> None:
+    vocab, width = (4096, 256) if args.tiny else (262144, 2560)
+    head = torch.nn.Linear(width, vocab, bias=False, device=device, dtype=dtype).requires_grad_(False)  # frozen, as under LoRA
+    print(f"\n## head loss, vocabulary {vocab:,} x {width} in {dtype} (chunk rows here: {chunk_rows_for(device, width):,})\n")
+    print("| answer rows | one-pass ms | one-pass peak GiB | plain fp32 CE ms | plain peak GiB |")
+    print("|---:|---:|---:|---:|---:|")
+    for rows in (16, 256, 4096):
+        labels = torch.randint(vocab, (rows,), device=device)
+        hidden = (torch.randn(rows, width, device=device, dtype=dtype)).requires_grad_()
+
+        def ours():
+            linear_cross_entropy(hidden, head, labels).backward()
+
+        def plain():
+            F.cross_entropy(head(hidden).float(), labels, reduction="sum").backward()
+
+        timings = {}
+        for name, run in (("ours", ours), ("plain", plain)):
+            run()  # warm-up
+            reset_peak(device)
+            timings[name] = (min(clock(device, run) for _ in range(5)) * 1e3, peak_memory_gib(device))
+        (a, am), (b, bm) = timings["ours"], timings["plain"]
+        print(f"| {rows:,} | {a:.2f} | {am:.2f} | {b:.2f} | {bm:.2f} |", flush=True)
+
+
+def _digest(folder: Path) -> str:
+    return hashlib.sha256((folder / "adapter_model.safetensors").read_bytes()).hexdigest()[:12]
+
+
+def determinism(args, device, dtype, tokenizer) -> None:
+    model = build("llama-3.2-1b", args.tiny, device, dtype)
+    train = TrainConfig(epochs=1, batch_size=8, validation_fraction=0.0, max_length=512, warmup_ratio=0.0)
+    data = items(8 * args.steps, 40 if args.tiny else 200, seed=1)
+    print(f"\n## deterministic kernels, llama-3.2-1b shape, {args.steps} steps of 8 x ~250 tokens\n")
+    print("| deterministic | seconds (best of 2) | adapters of two runs identical | recorded |")
+    print("|---|---:|---|---|")
+    seconds = {}
+    with tempfile.TemporaryDirectory() as out:
+        train_lora(model, tokenizer, data[:8], lora=LoraConfig(), train=train, seed=0, output_dir=Path(out) / "warm")
+        for enabled in (True, False):
+            runs, digests, recorded = [], [], ""
+            for attempt in range(2):
+                folder = Path(out) / f"{enabled}-{attempt}"
+                with deterministic_training(enabled, device.type) as outcome:
+                    runs.append(
+                        clock(device, lambda: train_lora(model, tokenizer, data, lora=LoraConfig(), train=train, seed=0, output_dir=folder))
+                    )
+                digests.append(_digest(folder))
+                recorded = outcome["deterministic"]
+            seconds[enabled] = min(runs)
+            print(f"| {enabled} | {seconds[enabled]:.2f} | {digests[0] == digests[1]} | {recorded} |", flush=True)
+    print(f"\ncost of deterministic kernels: {seconds[True] / seconds[False]:.2f}x the time of the default ones")
+
+
+def memory_8b(args, device, dtype, tokenizer) -> None:
+    from peft import get_peft_model
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    model_type, shape = LLAMA_8B
+    config = AutoConfig.for_model(model_type, **{**shape, **({"num_hidden_layers": 2} if args.tiny else {})})
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype).eval()
+    weights = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**30
+    train = TrainConfig(epochs=1, batch_size=8, validation_fraction=0.0, max_length=1024, warmup_ratio=0.0)
+    data = items(8, 60 if args.tiny else 420, seed=5)  # ~512 tokens each (tiny: ~80)
+    print(f"\n## one training step, llama-3.1-8b shape{' (tiny)' if args.tiny else ''}, {dtype}, 8 x ~512 tokens\n")
+    print(f"weights: {weights:.1f} GiB\n")
+    print("| adapters | peak GiB | over the weights |")
+    print("|---|---:|---:|")
+    with tempfile.TemporaryDirectory() as out:
+        reset_peak(device)
+        train_lora(model, tokenizer, data, lora=LoraConfig(), train=train, seed=0, output_dir=Path(out) / "a")
+        ours = peak_memory_gib(device)
+    print(f"| donors (adapters in the model's dtype, fused, one-pass head loss) | {ours:.1f} | {ours - weights:.1f} |", flush=True)
+    peft_model = get_peft_model(model, peft_lora_config(LoraConfig(), fused=False, model=model))  # PEFT's default: fp32 adapters
+    batch = tokenizer([i.question for i in data], return_tensors="pt", padding=True, truncation=True, max_length=512).to(device)
+    reset_peak(device)
+    peft_model.train()
+    peft_model(**batch, labels=batch["input_ids"]).loss.backward()
+    default = peak_memory_gib(device)
+    print(f"| PEFT's default (fp32 adapters, full-sequence cross-entropy) | {default:.1f} | {default - weights:.1f} |", flush=True)
+
+
+def gemma_4b(args, device) -> None:
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration
+
+    text = {**GEMMA_4B_TEXT, **({"num_hidden_layers": 2, "vocab_size": 4096} if args.tiny else {})}
+    vision = {**GEMMA_4B_VISION, **({"num_hidden_layers": 1, "image_size": 56} if args.tiny else {})}
+    config = Gemma3Config(text_config=text, vision_config=vision)
+    print(f"\n## gemma-3-4b{' (tiny)' if args.tiny else ''}: a vision-language checkpoint through load_model\n")
+    with tempfile.TemporaryDirectory() as out:
+        torch.manual_seed(0)
+        with torch.device(device):  # random weights drawn on the device: seconds, where the CPU takes a minute
+            checkpoint = Gemma3ForConditionalGeneration._from_config(config, dtype=torch.bfloat16)
+        checkpoint.save_pretrained(out)
+        del checkpoint
+        reset_peak(device)
+        model, _ = load_model(out, dtype="bfloat16", device=device)
+    names = [name for name, _ in model.named_parameters()]
+    on_device = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**30
+    print(f"- loaded as {type(model).__name__}, {len(names)} parameter tensors, {on_device:.2f} GiB on {device}")
+    print(f"- vision parameters on the device: {sum('vision' in n or 'multi_modal' in n for n in names)}")
+    if device.type == "cuda":
+        print(f"- memory allocated after the load: {torch.cuda.memory_allocated(device) / 2**30:.2f} GiB")
+
+
+def budget(args, device, dtype, tokenizer) -> None:
+    from donors.tasks.prompts import build_requests
+
+    print("\n## scoring under the token budget, lettered prompts of ~1,000 tokens, 256 items a batch at most\n")
+    print("| model | token budget | batches | widest batch (tokens) | peak over weights GiB | budgeted GiB | share |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for name, shape in {"llama-3.2-1b": SHAPES["llama-3.2-1b"], "llama-3.1-8b": LLAMA_8B}.items():
+        SHAPES.setdefault(name, shape)
+        model = build(name, args.tiny, device, dtype)
+        weights = sum(p.numel() * p.element_size() for p in model.parameters())
+        scoring = items(16, 100, seed=7) if args.tiny else items(256, 800, seed=7)
+        limit = native.token_budget(model, cached=False)  # lettered answers are single tokens: no cache
+        requests = build_requests(scoring, tokenizer, chat_template=False)
+        batches = native._batches(requests, 256, limit)
+        widest = max(len(b) * max(native._tokens(requests[i]) for i in b) for b in batches)
+        reset_peak(device)
+        native.score_choices(model, tokenizer, scoring, chat_template=False, batch_size=256)
+        over = peak_memory_gib(device) - weights / 2**30
+        total = torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else 0
+        budgeted = native.GPU_MEMORY_SHARE * max(total - weights, 0) / 2**30
+        share = f"{over / budgeted:.2f}" if budgeted else "n/a"
+        print(f"| {name} | {limit} | {len(batches)} | {widest:,} | {over:.2f} | {budgeted:.1f} | {share} |", flush=True)
+        del model
+        reset_peak(device)
+
+
+PARTS = ("head-loss", "determinism", "memory-8b", "gemma-4b", "token-budget")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS)
+    parser.add_argument("--tokenizer", type=Path, help="a saved tokenizer folder (default: the embedded SmolLM2's)")
+    parser.add_argument("--steps", type=int, default=8, help="optimiser steps per determinism run")
+    parser.add_argument("--tiny", action="store_true", help="small shapes: to check it runs")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
+    args = parser.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = pick_dtype(args.dtype)
+    named = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(f"device: {device} ({named}), {dtype}, torch {torch.__version__}")
+    tokenizer = load_bench_tokenizer(args.tokenizer)
+    for part in args.parts:
+        started = time.perf_counter()
+        if part == "head-loss":
+            head_loss(args, device, dtype)
+        elif part == "determinism":
+            determinism(args, device, dtype, tokenizer)
+        elif part == "memory-8b":
+            memory_8b(args, device, dtype, tokenizer)
+        elif part == "gemma-4b":
+            gemma_4b(args, device)
+        else:
+            budget(args, device, dtype, tokenizer)
+        print(f"\n({part}: {time.perf_counter() - started:.0f} s)", flush=True)
+
+
+if __name__ == "__main__":
+    main()
