@@ -1,7 +1,7 @@
 """The GPU measurements issue 18 asks for beside throughput, each printed as a small table.
 
-Randomly initialised models of the published shapes (``bench/gpu_throughput.py``'s, plus
-Llama-3.1-8B and Gemma-3-4b), so nothing is downloaded. Parts (``--parts``):
+Randomly initialised models of the published shapes (``bench/gpu_throughput.py``'s, and
+Gemma-3-4b's), so nothing is downloaded. Parts (``--parts``):
 
 - ``head-loss``: the one-pass head loss (``donors.train.loss``) against a plain fp32
   cross-entropy over bf16 logits at vocabulary 262,144 (Gemma 3), forward + backward: ms and
@@ -47,21 +47,6 @@ from donors.models import load_model, pick_dtype  # noqa: E402
 from donors.train.lora import peft_lora_config, train_lora  # noqa: E402
 from donors.train.loss import chunk_rows_for, linear_cross_entropy  # noqa: E402
 
-LLAMA_8B = (
-    "llama",
-    dict(
-        hidden_size=4096,
-        intermediate_size=14336,
-        num_hidden_layers=32,
-        num_attention_heads=32,
-        num_key_value_heads=8,
-        head_dim=128,
-        vocab_size=128256,
-        tie_word_embeddings=False,
-        rms_norm_eps=1e-5,
-        max_position_embeddings=131072,
-    ),
-)
 GEMMA_4B_TEXT = dict(
     hidden_size=2560,
     intermediate_size=10240,
@@ -151,7 +136,7 @@ def memory_8b(args, device, dtype, tokenizer) -> None:
     from peft import get_peft_model
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    model_type, shape = LLAMA_8B
+    model_type, shape = SHAPES["llama-3.1-8b"]
     config = AutoConfig.for_model(model_type, **{**shape, **({"num_hidden_layers": 2} if args.tiny else {})})
     torch.manual_seed(0)
     with torch.device(device):
@@ -206,8 +191,7 @@ def budget(args, device, dtype, tokenizer) -> None:
     print("\n## scoring under the token budget, lettered prompts of ~1,000 tokens, 256 items a batch at most\n")
     print("| model | token budget | batches | widest batch (tokens) | peak over weights GiB | budgeted GiB | share |")
     print("|---|---:|---:|---:|---:|---:|---:|")
-    for name, shape in {"llama-3.2-1b": SHAPES["llama-3.2-1b"], "llama-3.1-8b": LLAMA_8B}.items():
-        SHAPES.setdefault(name, shape)
+    for name in ("llama-3.2-1b", "llama-3.1-8b"):
         model = build(name, args.tiny, device, dtype)
         weights = sum(p.numel() * p.element_size() for p in model.parameters())
         scoring = items(16, 100, seed=7) if args.tiny else items(256, 800, seed=7)

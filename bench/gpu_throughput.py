@@ -1,7 +1,7 @@
 """Training and scoring throughput of the published model shapes on whatever device is present.
 
 Randomly initialised models with the published configurations (real layer shapes and
-vocabularies: Llama-3.2-1B, Qwen2.5-0.5B, Gemma-3-1B, written out below), the SmolLM2
+vocabularies: Llama-3.2-1B, Qwen2.5-0.5B, Gemma-3-1B, and Llama-3.1-8B on request, written out below), the SmolLM2
 tokenizer of the embedded model (its ids fit every one of these vocabularies), and the
 study's own code paths: ``donors.train.lora.train_lora`` (LoRA r=32 on all seven
 projections, the one-pass head loss) for ``--steps`` optimiser steps of ``--batch``
@@ -91,7 +91,24 @@ SHAPES = {
             max_position_embeddings=32768,
         ),
     ),
+    "llama-3.1-8b": (
+        "llama",
+        dict(
+            hidden_size=4096,
+            intermediate_size=14336,
+            num_hidden_layers=32,
+            num_attention_heads=32,
+            num_key_value_heads=8,
+            head_dim=128,
+            vocab_size=128256,
+            tie_word_embeddings=False,
+            rms_norm_eps=1e-5,
+            max_position_embeddings=131072,
+        ),
+    ),
 }
+DEFAULT_MODELS = ("llama-3.2-1b", "qwen2.5-0.5b", "gemma-3-1b")
+"""What a plain run measures: the published grid's smallest model of each family (llama-3.1-8b on request)."""
 WORDS = "the a river stone of light north answer between every small number city red".split()
 
 
@@ -219,7 +236,7 @@ def run(name: str, args, device: torch.device, dtype: torch.dtype, tokenizer, ra
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    parser.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), choices=list(SHAPES))
     parser.add_argument("--steps", type=int, default=10, help="timed optimiser steps per model")
     parser.add_argument("--batch", type=int, default=8, help="examples per step (train.batch_size)")
     parser.add_argument("--length", type=int, default=200, help="words per question (~1.2 tokens each)")
