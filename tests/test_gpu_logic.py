@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from donors.config import config_from_dict
+from donors.errors import DonorsError
 from donors.execute import work
 from donors.grid import Cell
 from donors.jobs import TrainJob
@@ -253,6 +254,7 @@ def _local_executor(monkeypatch, n_gpus: int):
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=0: "NVIDIA H100")
     out = io.StringIO()
     executor = local.LocalExecutor(config(ray={"address": "auto"}), None, None, Console(file=out, width=400))
+    monkeypatch.setattr(executor, "check_same_dtype", lambda: None)  # no store here: test_local_refuses_... covers it
     models: list = []
     monkeypatch.setattr(executor, "evaluate", lambda model, base_only=False: models.append(model))
     monkeypatch.setattr(executor, "train", lambda model: None)
@@ -336,3 +338,42 @@ def test_a_model_seeds_states_are_cut_into_chunks_each_ready_on_its_own_adapters
     assert all(len(u.states) <= EVAL_STATES_PER_TASK for u in units)
     assert per_seed[17][0].states[0].is_base and sum(s.is_base for u in units for s in u.states) == 1
     assert sorted(s.state_id for u in units for s in u.states) == sorted({s.state_id for u in units for s in u.states})
+
+
+@pytest.mark.parametrize("stored_in", ["scores", "adapters"])
+def test_local_refuses_to_resume_a_model_in_another_dtype_than_its_stored_work(tmp_path, monkeypatch, stored_in):
+    """A study made in bf16 on one GPU, resumed where `dtype: auto` means float32 (here: the CPU), stops before any work."""
+    import io
+
+    from rich.console import Console
+
+    from donors.evaluate import target_result
+    from donors.execute import local
+    from donors.records import AdapterRecord, ItemPrediction
+    from donors.store import ResultsStore
+
+    def stored(store, dtype: str) -> None:
+        if stored_in == "scores":
+            predictions = [ItemPrediction("number_words", "en", "i0", 0, 0, (-0.1, -2.0))]
+            store.add_target_result(ModelState("smollm2-135m"), target_result(predictions).computed_in(dtype))
+        else:
+            versions = {"torch": "2.13.0", "dtype": dtype}
+            store.add_adapter(
+                AdapterRecord(f"smollm2-135m|a|{dtype}", "smollm2-135m", "t", "en", 1, "p", "r", (), (), None, (), None, versions)
+            )
+
+    ran: list = []
+    for dtype, refused in (("float32", False), ("bfloat16", True)):
+        with ResultsStore(tmp_path / f"{dtype}-{stored_in}.sqlite") as store:
+            stored(store, dtype)
+            executor = local.LocalExecutor(config(), store, None, Console(file=io.StringIO(), width=400))
+            monkeypatch.setattr(executor, "evaluate", lambda model, base_only=False: ran.append((dtype, model)))
+            monkeypatch.setattr(executor, "train", lambda model: None)
+            monkeypatch.setattr(executor, "warn_if_collapsed", lambda model: None)
+            if refused:
+                with pytest.raises(DonorsError, match="computed in bfloat16, and this machine would compute in float32") as caught:
+                    executor.run()
+                assert "new output_dir" in str(caught.value)
+            else:
+                executor.run()
+    assert ran == [("float32", "smollm2-135m"), ("float32", "smollm2-135m")]  # the bf16 store was never worked on

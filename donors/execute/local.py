@@ -13,9 +13,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from donors.config import StudyConfig
+from donors.errors import DonorsError
 from donors.execute.pending import collapsed_base_warning, pending_eval_work, pending_train_jobs
 from donors.execute.work import describe, evaluate_states, load_on_device, prepare_worker, train_adapter
 from donors.jobs import EvalJob, model_states
+from donors.models import pick_dtype
 from donors.store import ResultsStore
 from donors.tasks.data import StudyData
 
@@ -125,10 +127,27 @@ class LocalExecutor:
         RayExecutor(self.config.model_copy(update={"ray": ray_settings}), self.store, self.data, self.console).run()
         return True
 
+    def check_same_dtype(self) -> None:
+        """Stop before any work where this machine would compute a model in another dtype than its stored work.
+
+        ``dtype: auto`` resolves by device (bf16 on a GPU that has it natively, else float32), so a
+        study resumed elsewhere could score new states in one dtype beside old ones in another.
+        """
+        now = str(pick_dtype(self.config.dtype)).removeprefix("torch.")
+        for model in self.config.models:
+            stored = self.store.computed_dtypes(model)
+            if stored and now not in stored:
+                raise DonorsError(
+                    f"{model}: its stored adapters and scores were computed in {', '.join(sorted(stored))}, and this machine "
+                    f"would compute in {now} (dtype: {self.config.dtype}); a Δ between the two would mix rounding with transfer. "
+                    "Resume on the kind of device that made them, or run this config with a new output_dir"
+                )
+
     def run(self) -> None:
         import torch
 
         prepare_worker(self.config)  # a GPU given to a CPU build of torch stops here, with the fix
+        self.check_same_dtype()
         n_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if n_gpus > 1 and self._all_gpus_through_ray(n_gpus):
             return

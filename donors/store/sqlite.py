@@ -424,6 +424,12 @@ class ResultsStore:
             db.execute("DELETE FROM failures WHERE job_id = ?", (job_id,))
             db.execute(FINISHED, (job_id,))
 
+    def computed_dtypes(self, model: str) -> set[str]:
+        """The dtypes ``model``'s stored adapters were trained in and its stored scores computed in (where recorded)."""
+        scored = {row[0] for row in self._db.execute("SELECT DISTINCT dtype FROM scores WHERE model = ? AND dtype IS NOT NULL", (model,))}
+        trained = {json.loads(row[0]).get("dtype") for row in self._db.execute("SELECT versions FROM adapters WHERE model = ?", (model,))}
+        return (scored | trained) - {None, ""}
+
     def scored_targets(self, state_id: str) -> set[tuple[str, str]]:
         rows = self._db.execute("SELECT target_task, target_language FROM scores WHERE state_id = ?", (state_id,))
         return {(task, language) for task, language in rows}
