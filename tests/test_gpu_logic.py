@@ -377,3 +377,28 @@ def test_local_refuses_to_resume_a_model_in_another_dtype_than_its_stored_work(t
             else:
                 executor.run()
     assert ran == [("float32", "smollm2-135m"), ("float32", "smollm2-135m")]  # the bf16 store was never worked on
+
+
+def test_ray_says_once_when_its_workers_compute_a_model_in_two_dtypes(tmp_path):
+    """Ray workers resolve `dtype: auto` on their own GPUs; the driver says so as soon as the store holds two."""
+    import io
+
+    from rich.console import Console
+
+    from donors.evaluate import target_result
+    from donors.execute.ray import RayExecutor
+    from donors.records import ItemPrediction
+    from donors.store import ResultsStore
+
+    out = io.StringIO()
+    predictions = [ItemPrediction("number_words", "en", "i0", 0, 0, (-0.1, -2.0))]
+    with ResultsStore(tmp_path / "r.sqlite") as store:
+        executor = RayExecutor(config(), store, None, Console(file=out, width=400))
+        store.add_target_result(ModelState("smollm2-135m"), target_result(predictions).computed_in("bfloat16"))
+        executor.say_if_mixed_dtypes("smollm2-135m")
+        assert out.getvalue() == ""
+        for seed in (1, 2):
+            state = ModelState("smollm2-135m", Cell("number_words", "en"), seed)
+            store.add_target_result(state, target_result(predictions).computed_in("float32"))
+            executor.say_if_mixed_dtypes("smollm2-135m")
+    assert out.getvalue().count("smollm2-135m is being computed in bfloat16 and float32") == 1

@@ -167,6 +167,7 @@ class RayExecutor:
         self.store = store
         self.data = data
         self.console = console or Console(stderr=True)
+        self._mixed_dtypes: set[str] = set()  # models already warned about
 
     def _init_ray(self):
         import ray
@@ -190,6 +191,16 @@ class RayExecutor:
         if gpus > 0:
             return max(1, int(resources.get("GPU", 0) // gpus))
         return max(1, int(resources.get("CPU", 1) // self.config.ray.cpus_per_job))
+
+    def say_if_mixed_dtypes(self, model: str) -> None:
+        """Workers resolve ``dtype: auto`` on their own devices: say at once (once per model) when the stored work disagrees."""
+        dtypes = self.store.computed_dtypes(model)
+        if len(dtypes) > 1 and model not in self._mixed_dtypes:
+            self._mixed_dtypes.add(model)
+            self.console.print(
+                f"[yellow]warning:[/yellow] {model} is being computed in {' and '.join(sorted(dtypes))}: its Δ will mix "
+                "rounding with transfer. Set `dtype:` in the config, or give the study one kind of GPU"
+            )
 
     def _warn(self, lines) -> None:
         for line in lines:
@@ -296,6 +307,7 @@ class RayExecutor:
                 if warning:
                     self.console.print(f"[yellow]warning:[/yellow] {warning}")
             self.console.print(f"  scored {state.state_id}: {len(results)} target(s), {len(failures)} failed")
+            self.say_if_mixed_dtypes(state.model)
 
         start_training()
         submit_ready_units()
@@ -314,6 +326,7 @@ class RayExecutor:
                     else:
                         self._warn(warned)
                         self.store.add_adapter(record)
+                        self.say_if_mixed_dtypes(job.model)
                         finished_train.add(job.job_id)
                         timing["loads"] += load_seconds > 0
                         timing["load_seconds"] += load_seconds
