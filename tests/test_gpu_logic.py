@@ -363,6 +363,7 @@ def test_local_refuses_to_resume_a_model_in_another_dtype_than_its_stored_work(t
             )
 
     ran: list = []
+    monkeypatch.setattr(local, "pending_eval_work", lambda *args: ["work left"])  # one target stored, the rest to do
     for dtype, refused in (("float32", False), ("bfloat16", True)):
         with ResultsStore(tmp_path / f"{dtype}-{stored_in}.sqlite") as store:
             stored(store, dtype)
@@ -377,6 +378,28 @@ def test_local_refuses_to_resume_a_model_in_another_dtype_than_its_stored_work(t
             else:
                 executor.run()
     assert ran == [("float32", "smollm2-135m"), ("float32", "smollm2-135m")]  # the bf16 store was never worked on
+
+
+def test_a_finished_model_in_another_dtype_is_not_refused(tmp_path):
+    """A finished bf16 study rerun on a CPU (to rebuild its report, or beside a new model) computes nothing of that model."""
+    from donors.evaluate import target_result
+    from donors.execute import local
+    from donors.jobs import train_jobs
+    from donors.records import AdapterRecord, ItemPrediction
+    from donors.store import ResultsStore
+
+    finished = config()  # one model, one cell, one seed: the base and one adapted state, each on one target
+    (job,) = train_jobs(finished)
+    predictions = [ItemPrediction("number_words", "en", "i0", 0, 0, (-0.1, -2.0))]
+    with ResultsStore(tmp_path / "r.sqlite") as store:
+        record = AdapterRecord(job.job_id, job.model, "number_words", "en", 17, "p", "r", (), (), None, (), None, {"dtype": "bfloat16"})
+        store.add_adapter(record)
+        for state in (ModelState(job.model), ModelState(job.model, job.source, job.seed)):
+            store.add_target_result(state, target_result(predictions).computed_in("bfloat16"))
+        local.LocalExecutor(finished, store, None).check_same_dtype()  # nothing left to compute: nothing refused
+        store.discard_adapter(job.job_id, "test: its state must be trained again")
+        with pytest.raises(DonorsError, match="computed in bfloat16"):
+            local.LocalExecutor(finished, store, None).check_same_dtype()
 
 
 def test_ray_says_once_when_its_workers_compute_a_model_in_two_dtypes(tmp_path):

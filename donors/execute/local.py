@@ -128,13 +128,16 @@ class LocalExecutor:
         return True
 
     def check_same_dtype(self) -> None:
-        """Stop before any work where this machine would compute a model in another dtype than its stored work.
+        """Stop before any work where this machine would compute a model with work left in another dtype than its stored work.
 
         ``dtype: auto`` resolves by device (bf16 on a GPU that has it natively, else float32), so a
         study resumed elsewhere could score new states in one dtype beside old ones in another.
         """
         now = str(pick_dtype(self.config.dtype)).removeprefix("torch.")
+        to_train = {job.model for job in pending_train_jobs(self.config, self.store)}
         for model in self.config.models:
+            if model not in to_train and not pending_eval_work(self.config, self.store, model_states(self.config, model)):
+                continue  # finished: rerunning to rebuild the report, or a new model beside it, computes nothing of it
             stored = self.store.computed_dtypes(model)
             if stored and now not in stored:
                 raise DonorsError(
