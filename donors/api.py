@@ -253,11 +253,12 @@ def _published_metric(settings: dict | None) -> str:
 
 
 class _StoredStudy(NamedTuple):
-    """What the analyses read from a study's store, in one pass: scores, per-item predictions, adapter ids."""
+    """What the analyses read from a study's store, in one pass: scores, per-item predictions, adapters' ids and dtypes."""
 
     scores: pd.DataFrame
     predictions: pd.DataFrame
     adapter_ids: set[str]
+    adapter_dtypes: pd.DataFrame
 
 
 def _read_store(study_dir: Path) -> _StoredStudy:
@@ -265,7 +266,7 @@ def _read_store(study_dir: Path) -> _StoredStudy:
     if not path.exists():
         raise InputNotFound(f"{study_dir}: no {STORE_NAME} here; run the study first, or point at its output_dir")
     with ResultsStore(path) as store:
-        return _StoredStudy(store.scores(), store.item_predictions(), store.adapter_ids())
+        return _StoredStudy(store.scores(), store.item_predictions(), store.adapter_ids(), store.adapter_dtypes())
 
 
 def analysis_of(source: str | Path, *, metric: str | None = None) -> Analysis:
@@ -301,14 +302,14 @@ def analysis_of(source: str | Path, *, metric: str | None = None) -> Analysis:
     settings = _study_settings(source)
     published = _published_metric(settings)
     metric = check_metric(metric or published)
-    scores, predictions, adapter_ids = _read_store(source)
+    scores, predictions, adapter_ids, adapter_dtypes = _read_store(source)
     # A study still running may hold adapted scores whose base is not scored yet: they have no Δ, and are set aside.
     stored, left_out = with_base_scores(StoredOutcomes(scores, predictions))
     results = results_table(stored.target_scores(metric))
     published_results = results if metric == "acc_norm" else results_table(stored.target_scores("acc_norm"))
     coverage = study_coverage(results, scores, _expected_grid(source, settings), adapter_ids, left_out, running=study_in_use(source))
     partial = any(line.startswith("WARNING:") for line in coverage)  # the grid is not complete
-    coverage += dtype_findings(scores)
+    coverage += dtype_findings(scores, adapter_dtypes)
     tables = study_tables(results, stored=stored, metric=metric, published_metric=published, partial=partial)
     tables = {GRID_COVERAGE: coverage_table(coverage), **tables}
     findings = coverage + (tables["validity_findings"]["finding"].tolist() if "validity_findings" in tables else [])

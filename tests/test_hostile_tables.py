@@ -243,10 +243,13 @@ def predictions(cell: Cell, right: int) -> list[ItemPrediction]:
     ]
 
 
-def make_study(study: Path, *, adapters: int, base_targets: int = len(CELLS), dtypes: tuple[str, str] = ("", "")) -> Path:
+def make_study(
+    study: Path, *, adapters: int, base_targets: int = len(CELLS), dtypes: tuple[str, str] = ("", ""), trained_in: str = ""
+) -> Path:
     """A study directory with config.json (1 model, 4 cells, 1 seed) and a store holding part of its grid.
 
-    ``dtypes``: what the base and the adapted states are recorded as having computed in.
+    ``dtypes``: what the base and the adapted states are recorded as having been scored in;
+    ``trained_in``: what the adapters are recorded as having been trained in.
     """
     study.mkdir(parents=True, exist_ok=True)
     config = config_from_dict(
@@ -259,7 +262,19 @@ def make_study(study: Path, *, adapters: int, base_targets: int = len(CELLS), dt
         for i, source in enumerate(CELLS[:adapters]):
             state = ModelState(MODEL, source, SEED)
             record = AdapterRecord(
-                state.state_id, MODEL, source.task, source.language, SEED, "adapters/x", "abc", ("a",), ("c",), 2, (1.2,), 3.0, {}
+                state.state_id,
+                MODEL,
+                source.task,
+                source.language,
+                SEED,
+                "adapters/x",
+                "abc",
+                ("a",),
+                ("c",),
+                2,
+                (1.2,),
+                3.0,
+                {"dtype": trained_in} if trained_in else {},
             )
             store.add_adapter(record)
             for cell in CELLS:
@@ -269,14 +284,19 @@ def make_study(study: Path, *, adapters: int, base_targets: int = len(CELLS), dt
 
 def test_a_model_scored_in_two_dtypes_is_named_in_the_findings(tmp_path):
     """A study resumed where `dtype: auto` resolves otherwise: its Δ would mix rounding with transfer."""
-    for dtypes in (("", ""), ("float32", "float32"), ("", "bfloat16")):
-        findings = api.analysis_of(make_study(tmp_path / "-".join(dtypes), adapters=4, dtypes=dtypes)).findings
-        assert not any("more than one dtype" in line for line in findings), dtypes
+    for dtypes, trained_in in ((("", ""), ""), (("float32", "float32"), "float32"), (("", "bfloat16"), ""), (("", ""), "bfloat16")):
+        name = "-".join([*dtypes, trained_in]) or "none"
+        findings = api.analysis_of(make_study(tmp_path / name, adapters=4, dtypes=dtypes, trained_in=trained_in)).findings
+        assert not any("more than one dtype" in line for line in findings), (dtypes, trained_in)
     mixed = make_study(tmp_path / "mixed", adapters=4, dtypes=("float32", "bfloat16"))
     (line,) = [line for line in api.analyze(mixed).findings if "more than one dtype" in line]
-    assert line.startswith(f"WARNING: the states of {MODEL} were scored in more than one dtype")
-    assert "bfloat16: 16 (model state, target) pairs; float32: 4 (model state, target) pairs" in line
+    assert line.startswith(f"WARNING: {MODEL} was computed in more than one dtype")
+    assert "bfloat16: 16 scored (model state, target) pairs; float32: 4 scored (model state, target) pairs" in line
     assert "more than one dtype" in pd.read_csv(mixed / "analysis" / "grid_coverage.csv")["finding"].iloc[-1]
+    # Trained in one dtype, scored in another: the adapters count too.
+    retrained = make_study(tmp_path / "retrained", adapters=4, dtypes=("float32", "float32"), trained_in="bfloat16")
+    (line,) = [line for line in api.analysis_of(retrained).findings if "more than one dtype" in line]
+    assert "bfloat16: 4 trained adapters; float32: 20 scored (model state, target) pairs" in line
 
 
 def test_a_partial_study_says_how_much_of_the_grid_is_present_and_what_was_skipped(tmp_path):

@@ -166,24 +166,31 @@ def study_coverage(
     return [line + "; analyses without enough data are listed in skipped_analyses. Finish it with `donors run`, then analyse again."]
 
 
-def dtype_findings(scores: pd.DataFrame) -> list[str]:
-    """A ``WARNING:`` per model whose states were scored in more than one dtype (``scores``: the store's scores).
+def dtype_findings(scores: pd.DataFrame, adapters: pd.DataFrame | None = None) -> list[str]:
+    """A ``WARNING:`` per model whose states were trained or scored in more than one dtype.
 
-    A study resumed on another kind of device can resolve ``dtype: auto`` differently; a Δ
-    between a state scored in float32 and one scored in bfloat16 then mixes rounding with
-    transfer. Scores stored before dtypes were recorded have none and are not counted.
+    ``scores``: the store's scores; ``adapters``: (model, dtype) per stored adapter. A study
+    resumed on another kind of device, or a cluster of two kinds of GPU, can resolve
+    ``dtype: auto`` differently; a Δ between a state computed in float32 and one in bfloat16
+    then mixes rounding with transfer. Work stored before dtypes were recorded is not counted.
     """
-    if "dtype" not in scores:
+    parts = []
+    if "dtype" in scores:
+        parts.append(scores.dropna(subset=["dtype"]).assign(what="scored (model state, target) pair")[["model", "dtype", "what"]])
+    if adapters is not None and len(adapters):
+        parts.append(adapters.assign(what="trained adapter")[["model", "dtype", "what"]])
+    if not parts:
         return []
+    work = pd.concat(parts, ignore_index=True)
+    work = work[work["dtype"] != ""]
     lines = []
-    for model, group in scores.dropna(subset=["dtype"]).groupby("model", sort=True):
-        counts = group["dtype"].value_counts().sort_index()
-        if len(counts) > 1:
-            spread = "; ".join(f"{dtype}: {_plural(int(n), '(model state, target) pair')}" for dtype, n in counts.items())
+    for model, group in work.groupby("model", sort=True):
+        if group["dtype"].nunique() > 1:
+            counts = group.groupby(["dtype", "what"], sort=True).size()
+            spread = "; ".join(f"{dtype}: {_plural(int(n), what)}" for (dtype, what), n in counts.items())
             lines.append(
-                f"WARNING: the states of {model} were scored in more than one dtype ({spread}), so its Δ mixes rounding "
-                "with transfer. Resume it on the kind of device that scored the others, or set `dtype:` and run it in a "
-                "new output_dir."
+                f"WARNING: {model} was computed in more than one dtype ({spread}), so its Δ mixes rounding with transfer. "
+                "Resume it on the kind of device that computed the rest, or set `dtype:` and run it in a new output_dir."
             )
     return lines
 

@@ -427,8 +427,13 @@ class ResultsStore:
     def computed_dtypes(self, model: str) -> set[str]:
         """The dtypes ``model``'s stored adapters were trained in and its stored scores computed in (where recorded)."""
         scored = {row[0] for row in self._db.execute("SELECT DISTINCT dtype FROM scores WHERE model = ? AND dtype IS NOT NULL", (model,))}
-        trained = {json.loads(row[0]).get("dtype") for row in self._db.execute("SELECT versions FROM adapters WHERE model = ?", (model,))}
-        return (scored | trained) - {None, ""}
+        trained = set(self.adapter_dtypes().query("model == @model")["dtype"])
+        return (scored | trained) - {""}
+
+    def adapter_dtypes(self) -> pd.DataFrame:
+        """One row per stored adapter whose dtype was recorded: its model and the dtype it was trained in."""
+        rows = [(model, json.loads(versions).get("dtype")) for model, versions in self._db.execute("SELECT model, versions FROM adapters")]
+        return pd.DataFrame([row for row in rows if row[1]], columns=["model", "dtype"])
 
     def scored_targets(self, state_id: str) -> set[tuple[str, str]]:
         rows = self._db.execute("SELECT target_task, target_language FROM scores WHERE state_id = ?", (state_id,))
