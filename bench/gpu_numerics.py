@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -42,7 +44,7 @@ from gpu_throughput import SHAPES, build, items, load_bench_tokenizer, peak_memo
 
 from donors.config import LoraConfig, TrainConfig  # noqa: E402
 from donors.evaluate import native  # noqa: E402
-from donors.execute.work import deterministic_training  # noqa: E402
+from donors.execute.work import CUBLAS_WORKSPACE, deterministic_training  # noqa: E402
 from donors.models import load_model, pick_dtype  # noqa: E402
 from donors.train.lora import peft_lora_config, train_lora  # noqa: E402
 from donors.train.loss import chunk_rows_for, linear_cross_entropy  # noqa: E402
@@ -107,29 +109,54 @@ def _digest(folder: Path) -> str:
     return hashlib.sha256((folder / "adapter_model.safetensors").read_bytes()).hexdigest()[:12]
 
 
+MODE = "DONORS_BENCH_DETERMINISTIC"
+"""Set in the child process that times one mode of the determinism part: "1" on, "0" off."""
+
+
 def determinism(args, device, dtype, tokenizer) -> None:
-    model = build("llama-3.2-1b", args.tiny, device, dtype)
-    train = TrainConfig(epochs=1, batch_size=8, validation_fraction=0.0, max_length=512, warmup_ratio=0.0)
-    data = items(8 * args.steps, 40 if args.tiny else 200, seed=1)
-    print(f"\n## deterministic kernels, llama-3.2-1b shape, {args.steps} steps of 8 x ~250 tokens\n")
+    """Each mode in a process of its own, set up as a study's worker is (cuBLAS's workspace is fixed at its first use)."""
+    if MODE in os.environ:
+        determinism_run(args, device, dtype, tokenizer, os.environ[MODE] == "1")
+        return
+    print(f"\n## deterministic kernels, llama-3.2-1b shape, {args.steps} steps of 8 x ~250 tokens, each mode in its own process\n")
     print("| deterministic | seconds (best of 2) | adapters of two runs identical | recorded |")
     print("|---|---:|---|---|")
     seconds = {}
+    for enabled in (True, False):
+        env = {k: v for k, v in os.environ.items() if k != "CUBLAS_WORKSPACE_CONFIG"}
+        env[MODE] = "1" if enabled else "0"
+        if enabled:
+            env["CUBLAS_WORKSPACE_CONFIG"] = CUBLAS_WORKSPACE  # what prepare_worker sets for train.deterministic
+        command = [sys.executable, __file__, "--parts", "determinism", "--steps", str(args.steps), "--dtype", args.dtype]
+        command += (["--tiny"] if args.tiny else []) + (["--tokenizer", str(args.tokenizer)] if args.tokenizer else [])
+        child = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+        row = [line for line in child.stdout.splitlines() if line.startswith("|")]
+        if child.returncode or not row:
+            print(f"| {enabled} | failed: {(child.stderr.strip().splitlines() or ['?'])[-1]} | | |", flush=True)
+            continue
+        print(row[-1], flush=True)
+        seconds[enabled] = float(row[-1].split("|")[2])
+    if len(seconds) == 2:
+        print(f"\ncost of deterministic kernels: {seconds[True] / seconds[False]:.2f}x the time of the default ones")
+
+
+def determinism_run(args, device, dtype, tokenizer, enabled: bool) -> None:
+    model = build("llama-3.2-1b", args.tiny, device, dtype)
+    train = TrainConfig(epochs=1, batch_size=8, validation_fraction=0.0, max_length=512, warmup_ratio=0.0)
+    data = items(8 * args.steps, 40 if args.tiny else 200, seed=1)
+    runs, digests, recorded = [], [], ""
     with tempfile.TemporaryDirectory() as out:
-        train_lora(model, tokenizer, data[:8], lora=LoraConfig(), train=train, seed=0, output_dir=Path(out) / "warm")
-        for enabled in (True, False):
-            runs, digests, recorded = [], [], ""
-            for attempt in range(2):
-                folder = Path(out) / f"{enabled}-{attempt}"
-                with deterministic_training(enabled, device.type) as outcome:
-                    runs.append(
-                        clock(device, lambda: train_lora(model, tokenizer, data, lora=LoraConfig(), train=train, seed=0, output_dir=folder))
-                    )
-                digests.append(_digest(folder))
-                recorded = outcome["deterministic"]
-            seconds[enabled] = min(runs)
-            print(f"| {enabled} | {seconds[enabled]:.2f} | {digests[0] == digests[1]} | {recorded} |", flush=True)
-    print(f"\ncost of deterministic kernels: {seconds[True] / seconds[False]:.2f}x the time of the default ones")
+        with deterministic_training(enabled, device.type):
+            train_lora(model, tokenizer, data[:8], lora=LoraConfig(), train=train, seed=0, output_dir=Path(out) / "warm")
+        for attempt in range(2):
+            folder = Path(out) / str(attempt)
+            with deterministic_training(enabled, device.type) as outcome:
+                runs.append(
+                    clock(device, lambda: train_lora(model, tokenizer, data, lora=LoraConfig(), train=train, seed=0, output_dir=folder))
+                )
+            digests.append(_digest(folder))
+            recorded = outcome["deterministic"]
+    print(f"| {enabled} | {min(runs):.2f} | {digests[0] == digests[1]} | {recorded} |", flush=True)
 
 
 def memory_8b(args, device, dtype, tokenizer) -> None:
@@ -224,7 +251,8 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = pick_dtype(args.dtype)
     named = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    print(f"device: {device} ({named}), {dtype}, torch {torch.__version__}")
+    if MODE not in os.environ:
+        print(f"device: {device} ({named}), {dtype}, torch {torch.__version__}")
     tokenizer = load_bench_tokenizer(args.tokenizer)
     for part in args.parts:
         started = time.perf_counter()
@@ -238,7 +266,8 @@ def main() -> None:
             gemma_4b(args, device)
         else:
             budget(args, device, dtype, tokenizer)
-        print(f"\n({part}: {time.perf_counter() - started:.0f} s)", flush=True)
+        if MODE not in os.environ:
+            print(f"\n({part}: {time.perf_counter() - started:.0f} s)", flush=True)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ PY=.venv/bin/python
 rm -rf .gpu && mkdir -p .gpu/wheels
 version() { "$PY" -c "import importlib.metadata as m; print(m.version('$1'))"; }
 wheels=(transformers==5.23.0 peft==0.21.2)
-for package in pydantic pydantic_core annotated-types typing-inspection typing_extensions platformdirs; do
+for package in pydantic pydantic_core annotated-types typing-inspection typing_extensions platformdirs regex; do
 	wheels+=("$package==$(version "$package")")
 done
 "$PY" -m pip download -q --disable-pip-version-check --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
