@@ -156,6 +156,26 @@ def test_a_store_made_read_only_mid_run_stops_with_a_message_not_a_crash(tmp_pat
     assert "cannot write the results store" in done.stdout and "writable (and not immutable)" in done.stdout
 
 
+@pytest.mark.skipif(CHATTR is None or os.geteuid() != 0, reason="making a folder immutable needs chattr and root")
+def test_a_read_only_store_of_an_older_version_is_still_read(tmp_path):
+    """A finished study archived read-only before scores recorded their dtype: analysing it needs no write."""
+    study = tmp_path / "study"
+    state = ModelState("m", Cell("t", "en"), 17)
+    with ResultsStore(study / "results.sqlite") as store:
+        store.add_target_result(state, target_result(predictions()))
+    with sqlite3.connect(study / "results.sqlite") as db:
+        db.execute("ALTER TABLE scores DROP COLUMN dtype")  # as the previous version wrote it
+    subprocess.run([CHATTR, "-R", "+i", str(study)], check=True)
+    try:
+        with ResultsStore(study / "results.sqlite") as store:
+            scores = store.scores()
+        assert len(scores) == 1 and "dtype" not in scores
+    finally:
+        subprocess.run([CHATTR, "-R", "-i", str(study)], check=False)
+    with ResultsStore(study / "results.sqlite") as store:  # writable again: upgraded on opening
+        assert "dtype" in store.scores()
+
+
 def test_a_reader_holding_the_store_makes_a_write_wait_and_then_says_so(tmp_path, monkeypatch):
     from donors.store import sqlite as store_module
 

@@ -109,6 +109,8 @@ ADDED_COLUMNS = {
     "adapters": {"sha256": "TEXT"},
 }
 """Columns added since the first stores were written: an older store gains them when opened."""
+READABLE_WITHOUT = {("scores", "dtype"), ("adapters", "sha256")}
+"""Added columns whose absence every reader tolerates (absent: not recorded), so a read-only older store still opens."""
 
 RECORD_FAILURE = (
     "INSERT INTO failures (job_id, kind, error) VALUES (?, ?, ?) "
@@ -192,17 +194,26 @@ class ResultsStore:
             )
 
     def _upgrade(self) -> None:
-        """Add the columns an older store lacks, and fill its option counts from its own predictions."""
-        added = False
-        with self._transaction() as db:
-            for table, columns in ADDED_COLUMNS.items():
-                present = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
-                for column, kind in columns.items():
-                    if column not in present:
-                        db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
-                        added = True
-        if added:
-            self._fill_option_counts()
+        """Add the columns an older store lacks, and fill its option counts from its own predictions.
+
+        A store that cannot be written (a read-only copy of a finished study) and lacks only
+        columns the readers do without (:data:`READABLE_WITHOUT`) is read as it is.
+        """
+        missing = []
+        for table, columns in ADDED_COLUMNS.items():
+            present = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+            missing += [(table, column, kind) for column, kind in columns.items() if column not in present]
+        if not missing:
+            return
+        try:
+            with self._transaction() as db:
+                for table, column, kind in missing:
+                    db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+        except StoreUnreadable:
+            if all((table, column) in READABLE_WITHOUT for table, column, _ in missing):
+                return
+            raise
+        self._fill_option_counts()
 
     def _fill_option_counts(self) -> None:
         rows = self._db.execute(
