@@ -416,6 +416,11 @@ def pick_dtype(requested: str = "auto") -> torch.dtype:
     return torch.float32
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    """A dtype as the store records it and vLLM takes it: 'bfloat16', 'float32'."""
+    return str(dtype).removeprefix("torch.")
+
+
 @functools.cache
 def _warn_no_native_bf16() -> None:
     import torch

@@ -182,7 +182,6 @@ def dtype_findings(scores: pd.DataFrame, adapters: pd.DataFrame | None = None) -
     if not parts:
         return []
     work = pd.concat(parts, ignore_index=True)
-    work = work[work["dtype"] != ""]
     lines = []
     for model, group in work.groupby("model", sort=True):
         if group["dtype"].nunique() > 1:

@@ -23,7 +23,7 @@ from typing import Callable, Hashable, Iterator, Mapping, Sequence, TypeVar
 
 from donors.config import ConfigError
 from donors.evaluate import Key, TargetResult, prediction, target_result
-from donors.models import load_tokenizer, pick_dtype, resolve_model
+from donors.models import dtype_name, load_tokenizer, pick_dtype, resolve_model
 from donors.tasks.item import Item
 from donors.tasks.prompts import PromptFormat, ScoringRequest, build_requests
 
@@ -86,7 +86,7 @@ class VllmScorer:
         self.engine = vllm.LLM(
             model=path,
             tokenizer=path,
-            dtype=str(pick_dtype(dtype)).removeprefix("torch."),
+            dtype=dtype_name(pick_dtype(dtype)),
             trust_remote_code=trust_remote_code,
             enable_lora=True,
             max_lora_rank=lora_slot_rank(lora_rank),

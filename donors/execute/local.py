@@ -17,7 +17,7 @@ from donors.errors import DonorsError
 from donors.execute.pending import collapsed_base_warning, pending_eval_work, pending_train_jobs
 from donors.execute.work import describe, evaluate_states, load_on_device, prepare_worker, train_adapter
 from donors.jobs import EvalJob, model_states
-from donors.models import pick_dtype
+from donors.models import dtype_name, pick_dtype
 from donors.store import ResultsStore
 from donors.tasks.data import StudyData
 
@@ -133,7 +133,7 @@ class LocalExecutor:
         ``dtype: auto`` resolves by device (bf16 on a GPU that has it natively, else float32), so a
         study resumed elsewhere could score new states in one dtype beside old ones in another.
         """
-        now = str(pick_dtype(self.config.dtype)).removeprefix("torch.")
+        now = dtype_name(pick_dtype(self.config.dtype))
         to_train = {job.model for job in pending_train_jobs(self.config, self.store)}
         for model in self.config.models:
             if model not in to_train and not pending_eval_work(self.config, self.store, model_states(self.config, model)):

@@ -194,8 +194,10 @@ class RayExecutor:
 
     def say_if_mixed_dtypes(self, model: str) -> None:
         """Workers resolve ``dtype: auto`` on their own devices: say at once (once per model) when the stored work disagrees."""
+        if model in self._mixed_dtypes:
+            return
         dtypes = self.store.computed_dtypes(model)
-        if len(dtypes) > 1 and model not in self._mixed_dtypes:
+        if len(dtypes) > 1:
             self._mixed_dtypes.add(model)
             self.console.print(
                 f"[yellow]warning:[/yellow] {model} is being computed in {' and '.join(sorted(dtypes))}: its Δ will mix "

@@ -24,7 +24,7 @@ from donors.errors import DonorsError
 from donors.evaluate import get_scorer
 from donors.grid import Cell
 from donors.jobs import TrainJob
-from donors.models import load_model, pick_device, pick_dtype
+from donors.models import dtype_name, load_model, pick_device, pick_dtype
 from donors.records import AdapterRecord, ModelState, TargetResult
 from donors.tasks.data import fingerprint
 from donors.tasks.item import Item, stable_digest
@@ -226,7 +226,7 @@ def train_adapter(
 
 def weights_dtype(model) -> str:
     """The dtype a model's weights compute in, as the store records it ('bfloat16', 'float32')."""
-    return str(next(model.parameters()).dtype).removeprefix("torch.")
+    return dtype_name(next(model.parameters()).dtype)
 
 
 def evaluate_states(
@@ -321,7 +321,7 @@ def _evaluate_with_vllm(config, model_name, work, test_items, on_result, on_fail
             max_model_len=config.eval.vllm.max_model_len,
             engine_args=vllm_engine_args(config),
         )
-        dtype = str(pick_dtype(config.dtype)).removeprefix("torch.")  # what VllmScorer gives the engine
+        dtype = dtype_name(pick_dtype(config.dtype))  # what VllmScorer gives the engine
         for state, target, result in scorer.score_adapters(states, on_items=on_items):
             pending.discard((state, target))
             on_result(state, result.computed_in(dtype))

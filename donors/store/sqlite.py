@@ -439,7 +439,7 @@ class ResultsStore:
         """The dtypes ``model``'s stored adapters were trained in and its stored scores computed in (where recorded)."""
         scored = {row[0] for row in self._db.execute("SELECT DISTINCT dtype FROM scores WHERE model = ? AND dtype IS NOT NULL", (model,))}
         trained = set(self.adapter_dtypes().query("model == @model")["dtype"])
-        return (scored | trained) - {""}
+        return scored | trained
 
     def adapter_dtypes(self) -> pd.DataFrame:
         """One row per stored adapter whose dtype was recorded: its model and the dtype it was trained in."""
