@@ -95,7 +95,7 @@ def run_study(
     path (or the study directory when ``report`` is false).
     """
     from donors.execute.local import LocalExecutor
-    from donors.execute.pending import discard_broken_adapters, reconcile_data
+    from donors.execute.pending import digest_older_adapters, reconcile_data
     from donors.tasks.data import load_study_data
 
     config = load_config(config) if not isinstance(config, StudyConfig) else config
@@ -116,7 +116,7 @@ def run_study(
             redone = reconcile_data(store, data.fingerprints(), redo=redo_changed_data)
             # Only now, every check passed: the report must never show settings the results were not made with.
             (study_dir / "config.json").write_text(config.model_dump_json(indent=1))
-            for line in redone + discard_broken_adapters(config, store):
+            for line in redone + digest_older_adapters(config, store):
                 console.print(f"[yellow]warning:[/yellow] {line}", soft_wrap=True)
             store.clear_running()  # whatever an earlier, stopped driver had in flight is pending again
             executor = LocalExecutor if config.executor == "local" else _ray_executor()

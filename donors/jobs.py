@@ -55,6 +55,16 @@ class EvalJob:
         return eval_job_id(self.state, self.target)
 
 
+@dataclass(frozen=True)
+class StateWork:
+    """One model state's targets left to score, with its adapter (``None`` for the base) and the digest it was stored with."""
+
+    state: ModelState
+    targets: list[Cell]
+    adapter_path: str | None = None
+    adapter_sha256: str | None = None
+
+
 def cells(config: StudyConfig) -> list[Cell]:
     """Every (task, language) of the grid: the sources, and equally the targets."""
     return [Cell(task, language) for task in config.task_names for language in config.languages]

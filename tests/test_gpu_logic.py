@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from donors.config import config_from_dict
 from donors.errors import DonorsError
 from donors.execute import work
 from donors.grid import Cell
-from donors.jobs import TrainJob
+from donors.jobs import StateWork, TrainJob
 from donors.records import ModelState
 from donors.train.lora import TrainResult
 
@@ -146,18 +147,21 @@ def _fake_vllm(monkeypatch, seen: dict, error: Exception | None):
     monkeypatch.setattr(work, "free_device_memory", lambda: seen.__setitem__("empty_cache_calls", seen.get("empty_cache_calls", 0) + 1))
 
 
-def _vllm_work():
+def _vllm_work(folder: Path):
+    """The base and one adapter (its files in ``folder``, no stored digest) on two targets."""
+    (folder / "adapter_config.json").write_text("{}")
+    save_file({"w": torch.zeros(1)}, folder / "adapter_model.safetensors")
     base = ModelState("smollm2-135m")
     adapter = ModelState("smollm2-135m", Cell("number_words", "en"), 17)
     targets = [Cell("number_words", "en"), Cell("number_words", "de")]
-    return [(base, None, targets), (adapter, "/nowhere/adapter", targets)], {t: [] for t in targets}
+    return [StateWork(base, targets), StateWork(adapter, targets, str(folder))], {t: [] for t in targets}
 
 
-def test_a_vllm_engine_that_cannot_start_fails_its_pairs_and_the_study_goes_on(monkeypatch):
+def test_a_vllm_engine_that_cannot_start_fails_its_pairs_and_the_study_goes_on(monkeypatch, tmp_path):
     seen: dict = {}
     _fake_vllm(monkeypatch, seen, ValueError("Free memory on device (20.1/79.2 GiB) is less than desired GPU memory utilization"))
     study = config(eval={"backend": "vllm", "chat_template": False})
-    work_list, items = _vllm_work()
+    work_list, items = _vllm_work(tmp_path)
     results, failures = [], []
     work.evaluate_states(
         study, "smollm2-135m", work_list, items, lambda s, r: results.append((s, r)), lambda s, t, e: failures.append((s, t, e))
@@ -167,10 +171,10 @@ def test_a_vllm_engine_that_cannot_start_fails_its_pairs_and_the_study_goes_on(m
     assert seen["cuda_freed"] == 1  # training's memory was released before the engine started
 
 
-def test_the_vllm_options_of_the_config_reach_the_engine_and_unset_ones_leave_vllms_defaults(monkeypatch):
+def test_the_vllm_options_of_the_config_reach_the_engine_and_unset_ones_leave_vllms_defaults(monkeypatch, tmp_path):
     seen: dict = {}
     _fake_vllm(monkeypatch, seen, RuntimeError("stop after start-up"))
-    work_list, items = _vllm_work()
+    work_list, items = _vllm_work(tmp_path)
     options = {
         "gpu_memory_utilization": 0.55,
         "max_model_len": 2048,

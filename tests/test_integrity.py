@@ -23,14 +23,14 @@ from safetensors.torch import load_file, save_file
 
 from donors import api
 from donors.config import ConfigError, StudyConfig
-from donors.execute.pending import DataChanged, discard_broken_adapters, reconcile_data
+from donors.execute.pending import DataChanged, digest_older_adapters, reconcile_data
 from donors.grid import Cell
-from donors.jobs import TrainJob
-from donors.records import AdapterRecord
+from donors.jobs import StateWork, TrainJob
+from donors.records import AdapterRecord, ModelState
 from donors.store import ResultsStore
 from donors.tasks.data import fingerprint
 from donors.tasks.item import Item
-from donors.train.lora import AdapterFilesError, adapter_digest
+from donors.train.lora import AdapterChanged, AdapterFilesError, adapter_digest, verify_adapter
 
 QA = Cell("qa", "en")
 
@@ -145,33 +145,85 @@ def test_an_adapter_without_safetensors_is_refused_not_loaded_from_a_pickle(tmp_
         adapter_digest(tmp_path)
 
 
-def test_broken_adapters_are_discarded_with_their_scores_and_older_ones_get_a_digest(tmp_path):
-    config = StudyConfig(models=["m"], tasks=["number_words"], languages=["en", "de"], seeds=[1, 2], output_dir=tmp_path)
+def test_an_adapter_is_verified_against_its_stored_digest_where_it_is_loaded(tmp_path):
+    (tmp_path / "adapter_config.json").write_text("{}")
+    save_file({"w": torch.ones(2)}, tmp_path / "adapter_model.safetensors")
+    stored = adapter_digest(tmp_path)
+    assert verify_adapter(tmp_path, stored) == tmp_path
+    assert verify_adapter(tmp_path, None) == tmp_path  # stored before digests: its files must still be there
+    save_file({"w": torch.full((2,), 9.0)}, tmp_path / "adapter_model.safetensors")  # header intact, values changed
+    with pytest.raises(AdapterChanged, match="its files changed since it was stored"):
+        verify_adapter(tmp_path, stored)
+    (tmp_path / "adapter_model.safetensors").unlink()
+    with pytest.raises(AdapterChanged, match="adapter_model.safetensors missing"):
+        verify_adapter(tmp_path, None)
+
+
+def test_a_restart_reads_only_adapters_stored_before_digests(tmp_path):
+    config = StudyConfig(models=["m"], tasks=["number_words"], languages=["en", "de"], seeds=[1, 2, 3], output_dir=tmp_path)
     with ResultsStore(tmp_path / "results.sqlite") as store:
-        digests = {}
-        for seed in (1, 2):
+        for seed in (1, 2, 3):
             folder = tmp_path / f"a{seed}"
             folder.mkdir()
             (folder / "adapter_config.json").write_text("{}")
             save_file({"w": torch.full((2,), float(seed))}, folder / "adapter_model.safetensors")
-            digests[seed] = adapter_digest(folder)
-            record = AdapterRecord(
-                f"m|number_words/en|seed{seed}", "m", "number_words", "en", seed, f"a{seed}", "r", (), (), None, (), None, {}
+            digest = adapter_digest(folder) if seed == 1 else None
+            store.add_adapter(
+                AdapterRecord(
+                    f"m|number_words/en|seed{seed}",
+                    "m",
+                    "number_words",
+                    "en",
+                    seed,
+                    f"a{seed}",
+                    "r",
+                    (),
+                    (),
+                    None,
+                    (),
+                    None,
+                    {},
+                    sha256=digest,
+                )
             )
-            store.add_adapter(record if seed == 1 else AdapterRecord(**{**record.__dict__, "sha256": digests[seed]}))
-        # An adapter stored before digests gets one; an intact one is kept.
-        assert discard_broken_adapters(config, store) == []
-        assert store.adapter("m|number_words/en|seed1").sha256 == digests[1]
-        # Overwrite the weights (header intact, values changed): discarded, and said.
-        save_file({"w": torch.full((2,), 9.0)}, tmp_path / "a2" / "adapter_model.safetensors")
-        (line,) = discard_broken_adapters(config, store)
-        assert "a2: its files changed since it was stored" in line
-        assert store.adapter_ids() == {"m|number_words/en|seed1"}
-        assert "changed since it was stored" in store.failures().set_index("job_id").loc["m|number_words/en|seed2", "error"]
-        # A truncated or missing file likewise.
-        (tmp_path / "a1" / "adapter_model.safetensors").unlink()
-        (line,) = discard_broken_adapters(config, store)
-        assert "adapter_model.safetensors missing" in line and store.adapter_ids() == set()
+        digests = {seed: adapter_digest(tmp_path / f"a{seed}") for seed in (1, 2)}
+        (tmp_path / "a1" / "adapter_model.safetensors").unlink()  # it has a digest: the process that loads it finds out
+        (tmp_path / "a3" / "adapter_model.safetensors").unlink()
+        (line,) = digest_older_adapters(config, store)
+        assert "a3: adapter_model.safetensors missing" in line and "trained again" in line
+        assert store.adapter_ids() == {"m|number_words/en|seed1", "m|number_words/en|seed2"}
+        assert store.adapter("m|number_words/en|seed2").sha256 == digests[2]
+        assert "missing" in store.failures().set_index("job_id").loc["m|number_words/en|seed3", "error"]
+
+
+def test_a_changed_adapter_is_not_scored_and_the_base_still_is(tmp_path, monkeypatch):
+    """The check runs in evaluate_states, before the adapter reaches any engine: the vLLM path, with a stand-in engine."""
+    import donors.evaluate.vllm_backend as vllm_backend
+    from donors.execute.work import evaluate_states
+
+    folder = tmp_path / "adapter"
+    folder.mkdir()
+    (folder / "adapter_config.json").write_text("{}")
+    save_file({"w": torch.ones(2)}, folder / "adapter_model.safetensors")
+    config = StudyConfig(models=["m"], tasks=["number_words"], languages=["en"], output_dir=tmp_path, eval={"backend": "vllm"})
+    state, other = ModelState("m", QA, 17), Cell("qa", "de")
+    engine_saw = []
+
+    class Engine:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def score_adapters(self, states, on_items=None):
+            engine_saw.extend(states)
+            return iter(())
+
+    monkeypatch.setattr(vllm_backend, "VllmScorer", Engine)
+    failures = []
+    work = [StateWork(ModelState("m"), [QA]), StateWork(state, [QA, other], str(folder), "0" * 64)]
+    evaluate_states(config, "m", work, {QA: [], other: []}, lambda s, r: None, lambda s, t, e: failures.append((s, t, e)))
+    assert [s for s, _, _ in engine_saw] == [ModelState("m")]
+    assert [(s, t) for s, t, _ in failures] == [(state, QA), (state, other)]
+    assert all(isinstance(e, AdapterChanged) and "changed since it was stored" in str(e) for _, _, e in failures)
 
 
 # -- on the embedded model ----------------------------------------------------------------------
@@ -235,7 +287,6 @@ def test_a_pickled_adapter_is_never_loaded(finished, tmp_path):
 def test_an_unloadable_adapter_fails_its_own_state_and_the_rest_are_scored(finished, tmp_path):
     from donors.config import load_config
     from donors.execute.work import evaluate_states
-    from donors.records import ModelState
     from donors.tasks.data import load_study_data
 
     config_path, study_dir = copy_study(finished, tmp_path)
@@ -253,17 +304,19 @@ def test_an_unloadable_adapter_fails_its_own_state_and_the_rest_are_scored(finis
     save_file({k.replace("layers.", "blocks."): v for k, v in tensors.items()}, renamed / "adapter_model.safetensors")
     adapted = ModelState("smollm2-135m", QA, 17)
     work = [
-        (ModelState("smollm2-135m"), None, [QA]),
-        (adapted, str(bad), [QA]),
-        (adapted, str(good), [QA]),
-        (adapted, str(renamed), [QA]),
-        (adapted, str(good), [QA]),
+        StateWork(ModelState("smollm2-135m"), [QA]),
+        StateWork(adapted, [QA], str(bad)),
+        StateWork(adapted, [QA], str(good)),
+        StateWork(adapted, [QA], str(renamed)),
+        StateWork(adapted, [QA], str(good), adapter_sha256="0" * 64),  # not the files that were stored
+        StateWork(adapted, [QA], str(good), adapter_sha256=adapter_digest(good)),
     ]
     results, failures = [], []
     evaluate_states(config, "smollm2-135m", work, data.test, lambda s, r: results.append(r), lambda s, t, e: failures.append((s, e)))
     assert len(results) == 3 and results[1].score == results[2].score, "the good adapter scores the same before and after"
     assert [str(error) for _, error in failures][0].startswith("Error while deserializing header")
     assert "does not fit this model: 420 saved tensor(s) match no module" in str(failures[1][1])
+    assert isinstance(failures[2][1], AdapterChanged) and "changed since it was stored" in str(failures[2][1])
 
 
 @pytest.mark.slow

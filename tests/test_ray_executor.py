@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -13,6 +15,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from rich.console import Console
+from safetensors.torch import load_file, save_file
 
 ray = pytest.importorskip("ray")
 
@@ -47,10 +51,15 @@ def scores(study: Path) -> pd.DataFrame:
 
 
 @pytest.fixture(scope="module")
-def local_scores(tmp_path_factory) -> pd.DataFrame:
+def local_study(tmp_path_factory) -> Path:
     directory = tmp_path_factory.mktemp("local")
     api.run_study(write(directory, "local"), report=False)
-    return scores(directory / "study")
+    return directory / "study"
+
+
+@pytest.fixture(scope="module")
+def local_scores(local_study) -> pd.DataFrame:
+    return scores(local_study)
 
 
 @pytest.fixture()
@@ -111,3 +120,24 @@ def test_a_killed_driver_resumes_from_the_store(local_scores, tmp_path, ray_clus
     with sqlite3.connect(study / "results.sqlite") as db:
         after = set(db.execute("SELECT adapter_id, created, train_seconds FROM adapters").fetchall())
     assert set(finished) <= after and len(after) == 2  # what was finished before the kill was not trained again
+
+
+def test_an_adapter_changed_under_the_study_is_trained_again_on_ray_not_scored(local_study, local_scores, tmp_path, ray_cluster):
+    """The worker that loads an adapter checks its digest; the driver discards it, trains it again, then scores it."""
+    study = tmp_path / "study"
+    shutil.copytree(local_study, study)
+    with sqlite3.connect(study / "results.sqlite") as db:
+        (path,) = db.execute("SELECT path FROM adapters WHERE adapter_id = 'smollm2-135m|number_words/de|seed17'").fetchone()
+        db.execute("DELETE FROM scores WHERE state_id = 'smollm2-135m|number_words/de|seed17'")
+        db.execute("DELETE FROM predictions WHERE state_id = 'smollm2-135m|number_words/de|seed17'")
+    weights = study / path / "adapter_model.safetensors"
+    original = weights.read_bytes()
+    save_file({k: v * 0 + 0.5 if "lora_B" in k else v for k, v in load_file(weights).items()}, weights)
+    log = io.StringIO()
+    api.run_study(write(tmp_path, "ray"), console=Console(file=log, width=400), report=False)
+    assert "its files changed since it was stored" in log.getvalue()
+    assert "discarded with its scores; it is trained again" in log.getvalue()
+    pd.testing.assert_frame_equal(scores(study), local_scores)  # the retrained adapter's scores, not the tampered one's
+    assert weights.read_bytes() == original
+    status = api.study_status(write(tmp_path, "ray"))
+    assert (status.train_done, status.train_failed, status.eval_done, status.eval_running) == (2, 0, 3 * 2, 0)

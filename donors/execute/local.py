@@ -14,12 +14,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from donors.config import StudyConfig
 from donors.errors import DonorsError
-from donors.execute.pending import collapsed_base_warning, pending_eval_work, pending_train_jobs
+from donors.execute.pending import collapsed_base_warning, discard_changed_adapter, pending_eval_work, pending_train_jobs
 from donors.execute.work import describe, evaluate_states, load_on_device, prepare_worker, train_adapter
 from donors.jobs import EvalJob, model_states
 from donors.models import dtype_name, pick_dtype
+from donors.records import ModelState
 from donors.store import ResultsStore
 from donors.tasks.data import StudyData
+from donors.train.lora import AdapterChanged
 
 
 def _progress(console: Console) -> Progress:
@@ -74,22 +76,31 @@ class LocalExecutor:
                 progress.remove_task(bar)
                 progress.advance(overall)
 
-    def evaluate(self, model: str, *, base_only: bool = False) -> None:
+    def evaluate(self, model: str, *, base_only: bool = False) -> int:
+        """Score what is left of ``model``; returns how many adapters were discarded because their files changed."""
         states = model_states(self.config, model)[:1] if base_only else model_states(self.config, model)
         work = pending_eval_work(self.config, self.store, states)
-        n_pairs = sum(len(targets) for _, _, targets in work)
+        n_pairs = sum(len(unit.targets) for unit in work)
         what = "base model: " if base_only else ""
         self.console.print(f"[bold]evaluate[/bold] {model}: {what}{n_pairs} (model state, target) pair(s) to score")
         if not work:
-            return
+            return 0
+        changed: set[ModelState] = set()
         with _progress(self.console) as progress:
-            bar = progress.add_task(f"evaluate {model}", total=sum(len(self.data.test[t]) for _, _, ts in work for t in ts))
+            bar = progress.add_task(f"evaluate {model}", total=sum(len(self.data.test[t]) for unit in work for t in unit.targets))
 
             def failed(state, target, error) -> None:
+                if isinstance(error, AdapterChanged):
+                    if state not in changed:
+                        changed.add(state)
+                        (unit,) = [unit for unit in work if unit.state == state]
+                        line = discard_changed_adapter(self.store, state, unit.targets, error)
+                        progress.console.print(f"[yellow]warning:[/yellow] {line}", soft_wrap=True)
+                    return
                 self.store.record_failure(EvalJob(state, target).job_id, "eval", describe(error))
                 progress.console.print(f"[red]evaluation failed[/red] {state.state_id} on {target}: {error}")
 
-            self.store.mark_running([EvalJob(state, t).job_id for state, _, targets in work for t in targets], "eval")
+            self.store.mark_running([EvalJob(unit.state, t).job_id for unit in work for t in unit.targets], "eval")
             evaluate_states(
                 self.config,
                 model,
@@ -99,7 +110,9 @@ class LocalExecutor:
                 on_failure=failed,
                 on_items=lambda n: progress.advance(bar, n),
             )
-        self.console.print(f"  scored {n_pairs} pair(s) of {model}")
+        scored = n_pairs - sum(len(unit.targets) for unit in work if unit.state in changed)
+        self.console.print(f"  scored {scored} pair(s) of {model}")
+        return len(changed)
 
     def warn_if_collapsed(self, model: str) -> None:
         """Say, before any training, that the base model answers by position on some targets."""
@@ -161,4 +174,6 @@ class LocalExecutor:
             self.evaluate(model, base_only=True)
             self.warn_if_collapsed(model)
             self.train(model)
-            self.evaluate(model)
+            if self.evaluate(model):  # adapters whose files changed were discarded: train and score them once more
+                self.train(model)
+                self.evaluate(model)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from donors.config import StudyConfig
 from donors.errors import DonorsError
 from donors.grid import Cell
-from donors.jobs import TrainJob, cells, train_jobs
+from donors.jobs import EvalJob, StateWork, TrainJob, cells, train_jobs
 from donors.records import COLLAPSE_SHARE, ModelState, top_share
 from donors.store import ResultsStore
 from donors.train.lora import AdapterFilesError, adapter_digest
@@ -15,43 +15,39 @@ class DataChanged(DonorsError):
     """Items differ from those the stored work was made from; the message names each cell and the way out."""
 
 
-EvalWork = list[tuple[ModelState, str | None, list[Cell]]]
-
-
 def pending_train_jobs(config: StudyConfig, store: ResultsStore) -> list[TrainJob]:
     done = store.adapter_ids()
     return [job for job in train_jobs(config) if job.job_id not in done]
 
 
-def discard_broken_adapters(config: StudyConfig, store: ResultsStore) -> list[str]:
-    """Check the files of every stored adapter that still has targets to score; discard any that changed.
+def digest_older_adapters(config: StudyConfig, store: ResultsStore) -> list[str]:
+    """Give every adapter stored before digests were (and with targets left) its digest now; discard any whose files are gone.
 
-    A missing, truncated or edited adapter (its digest differs from the one recorded when it
-    was stored) would be scored as if it were the trained one. Instead its state is forgotten,
-    scores included, and trained again. Adapters stored before digests were get theirs now.
-    Returns one line per discarded adapter.
+    Stored digests are checked where an adapter is loaded (:func:`donors.train.lora.verify_adapter`),
+    not here: the driver reads no adapter's weights at a restart. Returns one line per discarded adapter.
     """
     lines = []
     targets = {(cell.task, cell.language) for cell in cells(config)}
     for job in train_jobs(config):
         record = store.adapter(job.job_id)
-        if record is None or targets <= store.scored_targets(job.job_id):
+        if record is None or record.sha256 is not None or targets <= store.scored_targets(job.job_id):
             continue
-        path = config.adapter_storage / record.path
         try:
-            digest = adapter_digest(path)
+            store.set_adapter_digest(record.adapter_id, adapter_digest(config.adapter_storage / record.path))
         except AdapterFilesError as error:
-            problem = str(error)
-        else:
-            if record.sha256 is None:
-                store.set_adapter_digest(record.adapter_id, digest)
-                continue
-            if digest == record.sha256:
-                continue
-            problem = f"adapter {path}: its files changed since it was stored (sha256 {digest[:12]}, stored {record.sha256[:12]})"
-        store.discard_adapter(record.adapter_id, f"{problem}; discarded with its scores, trained again")
-        lines.append(f"{problem}: discarded with its scores; it is trained again")
+            lines.append(discard_changed_adapter(store, job.state, [], error))
     return lines
+
+
+def discard_changed_adapter(store: ResultsStore, state: ModelState, targets: list[Cell], error: BaseException | str) -> str:
+    """Forget a state whose adapter's files changed or went (its scores too): it is trained, then scored, again.
+
+    ``targets``: its (state, target) jobs handed out with the adapter, taken off the in-flight list.
+    Returns the line to print.
+    """
+    store.discard_adapter(state.state_id, f"{error}; discarded with its scores, trained again")
+    store.clear_running([EvalJob(state, target).job_id for target in targets])
+    return f"{error}: discarded with its scores; it is trained again"
 
 
 def reconcile_data(store: ResultsStore, digests: dict[tuple[str, Cell], str], *, redo: bool = False) -> list[str]:
@@ -91,24 +87,24 @@ def _work(adapters: int, scores: int) -> str:
     )
 
 
-def pending_eval_work(config: StudyConfig, store: ResultsStore, states: list[ModelState]) -> EvalWork:
-    """(state, adapter path, unscored targets) for each state with work left.
+def pending_eval_work(config: StudyConfig, store: ResultsStore, states: list[ModelState]) -> list[StateWork]:
+    """The work left of each state: its unscored targets, and its adapter.
 
     A state whose adapter is missing (its training failed or has not run) has nothing to
     score yet and is left out.
     """
-    work: EvalWork = []
+    work = []
     for state in states:
         scored = store.scored_targets(state.state_id)
         todo = [t for t in cells(config) if (t.task, t.language) not in scored]
         if not todo:
             continue
         if state.is_base:
-            work.append((state, None, todo))
+            work.append(StateWork(state, todo))
             continue
         record = store.adapter(state.state_id)
         if record is not None:
-            work.append((state, str(config.adapter_storage / record.path), todo))
+            work.append(StateWork(state, todo, str(config.adapter_storage / record.path), record.sha256))
     return work
 
 

@@ -9,7 +9,9 @@ Evaluation: the states of one (model, seed) are cut into chunks of at most
 ``EVAL_STATES_PER_TASK``, one Ray task each, so several GPUs share a (model, seed); a chunk
 starts once its own adapters are trained. Each task loads the base once and streams its
 results back one state at a time (a Ray generator), so a crash loses the state in flight
-and a retry scores only what was not returned.
+and a retry scores only what was not returned. A task that finds an adapter's files are not
+the ones stored (its digest, checked as it loads) returns that state unscored; the driver
+discards the adapter and trains it again, as a retry of its training.
 
 Workers return records; only the driver writes the SQLite store, as each result arrives, so
 a killed driver resumes from the store: finished jobs are skipped and jobs that were in
@@ -33,7 +35,7 @@ from rich.console import Console
 
 from donors.config import StudyConfig
 from donors.errors import DonorsError
-from donors.execute.pending import collapsed_base_warning, pending_eval_work, pending_train_jobs
+from donors.execute.pending import collapsed_base_warning, discard_changed_adapter, pending_eval_work, pending_train_jobs
 from donors.execute.work import (
     DeviceError,
     collect_warnings,
@@ -44,10 +46,11 @@ from donors.execute.work import (
     prepare_worker,
     train_adapter,
 )
-from donors.jobs import EvalJob, TrainJob, model_states, train_jobs
+from donors.jobs import EvalJob, StateWork, TrainJob, model_states, train_jobs
 from donors.records import ModelState
 from donors.store import ResultsStore
 from donors.tasks.data import StudyData
+from donors.train.lora import AdapterChanged
 
 FAULT_ENV = "DONORS_INJECT_FAULT"
 """``<job_id>=<marker file>``: that job raises once (the marker records that it did). For fault-tolerance tests."""
@@ -101,28 +104,28 @@ class ModelTrainer:
         return record, load_seconds, warned
 
 
-def _evaluate_stream(config: StudyConfig, model: str, work, test_items):
-    """A Ray generator: evaluate_states over ``work``, yielding ``("state", state, results, failures)`` as each state ends.
+def _evaluate_stream(config: StudyConfig, model: str, work: list[StateWork], test_items):
+    """A Ray generator: evaluate_states over ``work``, yielding ``("state", state, results, failures, changed)`` as each state ends.
 
-    Ends with ``("warnings", [...])``. The scoring runs in a thread; this generator hands its
-    results to Ray as they come.
+    ``changed``: why the state's adapter is not the one stored (:class:`AdapterChanged`), else
+    ``None``. Ends with ``("warnings", [...])``. The scoring runs in a thread; this generator
+    hands its results to Ray as they come.
     """
     prepare_worker(config, _ray_gpu_ids())
     events: queue.Queue = queue.Queue()
-    remaining = {state: len(targets) for state, _, targets in work}
+    remaining = {unit.state: len(unit.targets) for unit in work}
     collected: dict[ModelState, tuple[list, list]] = defaultdict(lambda: ([], []))
+    changed: dict[ModelState, str] = {}
+
+    def failed(state: ModelState, target, error: BaseException) -> None:
+        if isinstance(error, AdapterChanged):
+            changed[state] = str(error)
+        events.put(("failure", state, (target, describe(error))))
 
     def score() -> None:
         try:
             with collect_warnings() as warned:
-                evaluate_states(
-                    config,
-                    model,
-                    work,
-                    test_items,
-                    lambda s, r: events.put(("result", s, r)),
-                    lambda s, t, e: events.put(("failure", s, (t, describe(e)))),
-                )
+                evaluate_states(config, model, work, test_items, lambda s, r: events.put(("result", s, r)), failed)
             events.put(("end", warned))
         except BaseException as error:  # noqa: BLE001 - handed to the generator, which raises it to the driver
             events.put(("error", error))
@@ -141,7 +144,7 @@ def _evaluate_stream(config: StudyConfig, model: str, work, test_items):
         remaining[state] -= 1
         if remaining[state] == 0:
             results, failures = collected.pop(state)
-            yield ("state", state, results, failures)
+            yield ("state", state, results, failures, changed.get(state))
     thread.join()
 
 
@@ -263,9 +266,9 @@ class RayExecutor:
             work = pending_eval_work(self.config, self.store, unit.states)
             if not work:
                 return
-            generator = eval_remote.remote(self.config, unit.model, work, {t: self.data.test[t] for _, _, ts in work for t in ts})
+            generator = eval_remote.remote(self.config, unit.model, work, {t: self.data.test[t] for w in work for t in w.targets})
             in_flight[generator] = ("eval", unit)
-            unit.job_ids = {EvalJob(state, t).job_id for state, _, targets in work for t in targets}
+            unit.job_ids = {EvalJob(w.state, t).job_id for w in work for t in w.targets}
             self.store.mark_running(sorted(unit.job_ids), "eval")
 
         def train_failed(trainer: _Trainer, job: TrainJob, error: Exception) -> None:
@@ -298,7 +301,26 @@ class RayExecutor:
                 self.store.record_failure(job_id, "eval", describe(error))
             self.console.print(f"[red]eval failed after {settings.max_retries} retries[/red] {name}")
 
-        def state_scored(unit: _EvalUnit, state: ModelState, results, failures) -> None:
+        def adapter_changed(unit: _EvalUnit, state: ModelState, targets, problem: str) -> None:
+            """Discard the adapter and train it again (a training attempt: retries are bounded), then score it."""
+            unit.job_ids -= {EvalJob(state, t).job_id for t in targets}
+            line = discard_changed_adapter(self.store, state, targets, problem)
+            self.console.print(f"[yellow]warning:[/yellow] {line}", soft_wrap=True)
+            job = TrainJob(state.model, state.source, state.seed)
+            attempts[job.job_id] += 1
+            if attempts[job.job_id] > settings.max_retries:
+                self.console.print(f"[red]not trained again: {settings.max_retries} retries spent[/red] {job.job_id}")
+                return
+            finished_train.discard(job.job_id)
+            self.store.mark_running([job.job_id], "train")
+            queues[job.model].append(job)
+            waiting_units.append(_EvalUnit(state.model, state.seed, [state]))
+            start_training()
+
+        def state_scored(unit: _EvalUnit, state: ModelState, results, failures, changed: str | None) -> None:
+            if changed is not None:
+                adapter_changed(unit, state, [target for target, _ in failures], changed)
+                return
             for target_result in results:
                 self.store.add_target_result(state, target_result)
             for target, error in failures:

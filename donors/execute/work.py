@@ -23,12 +23,12 @@ from donors.config import StudyConfig
 from donors.errors import DonorsError
 from donors.evaluate import get_scorer
 from donors.grid import Cell
-from donors.jobs import TrainJob
+from donors.jobs import StateWork, TrainJob
 from donors.models import dtype_name, load_model, pick_device, pick_dtype
 from donors.records import AdapterRecord, ModelState, TargetResult
 from donors.tasks.data import fingerprint
 from donors.tasks.item import Item, stable_digest
-from donors.train.lora import adapter_digest, check_adapter_loaded, require_adapter_files, train_lora
+from donors.train.lora import AdapterFilesError, adapter_digest, check_adapter_loaded, train_lora, verify_adapter
 
 
 def library_versions() -> dict[str, str]:
@@ -232,17 +232,19 @@ def weights_dtype(model) -> str:
 def evaluate_states(
     config: StudyConfig,
     model_name: str,
-    work: Sequence[tuple[ModelState, str | None, Sequence[Cell]]],
+    work: Sequence[StateWork],
     test_items: dict[Cell, list[Item]],
     on_result: Callable[[ModelState, TargetResult], None],
     on_failure: Callable[[ModelState, Cell, BaseException], None],
     on_items: Callable[[int], None] | None = None,
 ) -> None:
-    """Score each (state, adapter path, targets) with the base model loaded once.
+    """Score each state's targets with the base model loaded once.
 
     Adapters are swapped onto the one base (PEFT's load/delete), so memory stays flat as
     the number of adapters grows. A target that fails is reported and the rest go on; an
-    adapter that cannot be loaded fails its state's targets, and the other states go on.
+    adapter that cannot be loaded fails its state's targets, and the other states go on. An
+    adapter whose files are not the ones stored fails them with :class:`AdapterChanged`, which
+    the executors answer by training it again.
     """
     if config.eval.backend == "vllm":
         _evaluate_with_vllm(config, model_name, work, test_items, on_result, on_failure, on_items)
@@ -253,39 +255,39 @@ def evaluate_states(
     backend = get_scorer(config.eval)
     dtype = weights_dtype(base)
     peft_model = None
-    for state, adapter_path, targets in work:
-        if state.is_base:
+    for unit in work:
+        if unit.state.is_base:
             scorer = peft_model or base
             context = peft_model.disable_adapter() if peft_model else nullcontext()
         else:
             try:
-                require_adapter_files(adapter_path)  # the driver checked its digest; here: safetensors, never a .bin
+                path = verify_adapter(unit.adapter_path, unit.adapter_sha256)  # safetensors, and the files that were stored
                 # The adapter in the base's dtype: what training's forward computed with (see FusedLoraLinear).
                 if peft_model is None:
-                    peft_model = PeftModel.from_pretrained(base, adapter_path, adapter_name="current", autocast_adapter_dtype=False)
+                    peft_model = PeftModel.from_pretrained(base, path, adapter_name="current", autocast_adapter_dtype=False)
                 else:
                     if "current" in peft_model.peft_config:
                         peft_model.delete_adapter("current")
-                    peft_model.load_adapter(adapter_path, adapter_name="current", autocast_adapter_dtype=False)
+                    peft_model.load_adapter(path, adapter_name="current", autocast_adapter_dtype=False)
                     peft_model.set_adapter("current")
-                check_adapter_loaded(peft_model, adapter_path, "current")
+                check_adapter_loaded(peft_model, path, "current")
             except Exception as error:  # noqa: BLE001 - this state's targets fail; the other states go on
-                for target in targets:
-                    on_failure(state, target, error)
+                for target in unit.targets:
+                    on_failure(unit.state, target, error)
                 if peft_model is None:  # a failed first load may have left LoRA layers in the base: start clean
                     base, tokenizer = load_on_device(model_name, config)
                 continue
             peft_model.eval()
             scorer, context = peft_model, nullcontext()
         with context:
-            for target in targets:
+            for target in unit.targets:
                 try:
                     (result,) = backend.score(
                         scorer, tokenizer, {target: test_items[target]}, model_name=model_name, on_batch=on_items
                     ).values()
-                    on_result(state, result.computed_in(dtype))
+                    on_result(unit.state, result.computed_in(dtype))
                 except Exception as error:  # noqa: BLE001 - one failed target must not stop the others
-                    on_failure(state, target, error)
+                    on_failure(unit.state, target, error)
 
 
 def vllm_engine_args(config: StudyConfig) -> dict:
@@ -306,8 +308,16 @@ def _evaluate_with_vllm(config, model_name, work, test_items, on_result, on_fail
     """
     from donors.evaluate.vllm_backend import VllmScorer
 
-    pending = {(state, target) for state, _, targets in work for target in targets}
-    states = [(state, adapter_path, {target: test_items[target] for target in targets}) for state, adapter_path, targets in work]
+    states = []
+    for unit in work:
+        try:
+            path = None if unit.state.is_base else str(verify_adapter(unit.adapter_path, unit.adapter_sha256))
+        except AdapterFilesError as error:
+            for target in unit.targets:
+                on_failure(unit.state, target, error)
+            continue
+        states.append((unit.state, path, {target: test_items[target] for target in unit.targets}))
+    pending = {(state, target) for state, _, items in states for target in items}
     try:
         free_device_memory()
         scorer = VllmScorer(

@@ -48,6 +48,10 @@ class AdapterFilesError(DonorsError):
     """A stored adapter's files are missing, not safetensors, or not what was stored."""
 
 
+class AdapterChanged(AdapterFilesError):
+    """A stored adapter whose files are gone or differ from those it was stored with: trained again, never scored."""
+
+
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 """What an adapter is: PEFT's config and its weights as safetensors (never a pickled ``.bin``)."""
 
@@ -97,6 +101,21 @@ def adapter_digest(path: str | Path) -> str:
             for block in iter(lambda: f.read(1 << 20), b""):
                 digest.update(block)
     return digest.hexdigest()
+
+
+def verify_adapter(path: str | Path, sha256: str | None) -> Path:
+    """The adapter folder, once its files are there and are the ones stored (when a digest was: ``sha256``).
+
+    Run by the process that loads it, just before: what it scores is what was trained, even
+    if the files changed while the study ran. Raises :class:`AdapterChanged`.
+    """
+    try:
+        digest = adapter_digest(path)
+    except AdapterFilesError as error:
+        raise AdapterChanged(str(error)) from None
+    if sha256 is not None and digest != sha256:
+        raise AdapterChanged(f"adapter {path}: its files changed since it was stored (sha256 {digest[:12]}, stored {sha256[:12]})")
+    return Path(path)
 
 
 @dataclass(frozen=True)
