@@ -114,6 +114,33 @@ def test_prior_correction_removes_a_planted_prior_shift_and_keeps_a_planted_cont
     assert delta(learnt, "acc_debiased") > 15 and delta(learnt, "gold_prob") > 15
 
 
+def test_items_with_fewer_choices_are_corrected_over_their_own_choices():
+    """A target whose items have 3 and 4 options (as ARC-Challenge's have 3 to 5): each is scored over its own."""
+    rng = np.random.default_rng(7)
+    widths = np.array([3, 4] * 20)
+    gold = np.array([i % w for i, w in enumerate(widths)])
+    rows = []
+    for w, g in zip(widths, gold):
+        logits = rng.normal(0, 1, w) + np.array([1.0, 0.0, -0.5, 0.3][:w])  # a position bias
+        logits[g] += 2.0  # and content
+        rows.append(list(logits - np.logaddexp.reduce(logits)))
+    predictions = frame(np.zeros((len(gold), 1)), gold)
+    predictions["logprobs"] = rows
+    # The definition, item by item: the prior of a position is its mean probability over the items that have it.
+    probabilities = [np.exp(row) for row in rows]
+    prior = [np.mean([p[j] for p in probabilities if len(p) > j]) for j in range(4)]
+    expected_gold_prob, expected_correct = [], []
+    for p, g in zip(probabilities, gold):
+        own = p / (np.array(prior[: len(p)]) / sum(prior[: len(p)]))
+        own = own / own.sum()
+        expected_gold_prob.append(own[g])
+        expected_correct.append(float(own.argmax() == g))
+    scores = item_scores(predictions, "gold_prob")["score"].to_numpy()
+    assert scores == pytest.approx(expected_gold_prob)
+    assert item_scores(predictions, "acc_debiased")["score"].to_numpy() == pytest.approx(expected_correct)
+    assert (scores[widths == 3] > 0).all(), "an item with fewer choices than the widest is not zeroed"
+
+
 def test_permutation_metrics_follow_their_definition():
     gold = np.array([0, 1, 2, 3])
     # Item 0: right under every rotation; item 1: right under two of four; items 2 and 3: never.

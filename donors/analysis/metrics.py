@@ -101,19 +101,25 @@ def choice_probabilities(logprobs: pd.Series) -> np.ndarray:
     return shifted / shifted.sum(axis=1, keepdims=True)
 
 
+def choice_mask(logprobs: pd.Series) -> np.ndarray:
+    """True where an item has a choice: items with fewer choices than the widest are padded on the right."""
+    widths = np.array([len(row) for row in logprobs], dtype=int)
+    return np.arange(widths.max(initial=0))[None, :] < widths[:, None]
+
+
 def _group_codes(frame: pd.DataFrame) -> np.ndarray:
     """One integer per (model state, target); missing keys (the base model's source) are a value too."""
     return frame.groupby(STATE_TARGET_KEYS, dropna=False, sort=False).ngroup().to_numpy()
 
 
-def position_priors(probabilities: np.ndarray, groups: np.ndarray) -> np.ndarray:
+def position_priors(probabilities: np.ndarray, groups: np.ndarray, present: np.ndarray) -> np.ndarray:
     """Per row, its group's prior over positions: the mean choice probability of each position.
 
-    A position is averaged only over the items that have it; the prior is then normalised
-    over the item's own positions, so items with fewer choices get a proper distribution.
+    ``present``: where each item has a choice (:func:`choice_mask`). A position is averaged only
+    over the items that have it; the prior is then normalised over the item's own positions,
+    so items with fewer choices get a proper distribution (0 on the positions they lack).
     """
     n_groups = groups.max() + 1 if len(groups) else 0
-    present = probabilities > 0
     sums = np.zeros((n_groups, probabilities.shape[1]))
     counts = np.zeros_like(sums)
     np.add.at(sums, groups, probabilities)
@@ -122,6 +128,20 @@ def position_priors(probabilities: np.ndarray, groups: np.ndarray) -> np.ndarray
         prior = np.where(counts > 0, sums / counts, 0.0)[groups]
     prior = np.where(present, prior, 0.0)
     return prior / prior.sum(axis=1, keepdims=True)
+
+
+def debiased_probabilities(probabilities: np.ndarray, groups: np.ndarray, present: np.ndarray) -> np.ndarray:
+    """Each item's choice probabilities divided by its group's position prior, renormalised over its own choices.
+
+    A position an item lacks stays 0: it neither takes probability nor spoils the item's sum,
+    so an item with 3 choices beside items with 4 is corrected over its 3.
+    """
+    if probabilities.size == 0:
+        return probabilities
+    prior = position_priors(probabilities, groups, present)
+    corrected = np.divide(probabilities, prior, out=np.zeros_like(probabilities), where=present & (prior > 0))
+    total = corrected.sum(axis=1, keepdims=True)
+    return np.divide(corrected, total, out=np.zeros_like(corrected), where=total > 0)
 
 
 def _tie_aware_correct(scores: np.ndarray, gold: np.ndarray) -> np.ndarray:
@@ -162,8 +182,7 @@ def item_scores(predictions: pd.DataFrame, metric: str) -> pd.DataFrame:
         if metric == "gold_prob_raw":
             score = probabilities[rows, gold] if len(gold) else np.zeros(0)
         else:
-            corrected = probabilities / position_priors(probabilities, _group_codes(first)) if len(gold) else probabilities
-            corrected = np.nan_to_num(corrected / corrected.sum(axis=1, keepdims=True))
+            corrected = debiased_probabilities(probabilities, _group_codes(first), choice_mask(first["logprobs"]))
             if metric == "gold_prob":
                 score = corrected[rows, gold] if len(gold) else np.zeros(0)
             else:
