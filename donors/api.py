@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -20,7 +21,7 @@ from rich.console import Console
 
 from donors import plan as planning
 from donors.config import ConfigError, StudyConfig, load_config
-from donors.errors import InputNotFound
+from donors.errors import InputNotFound, writing_to
 from donors.jobs import cells as cells_of
 from donors.jobs import eval_jobs, train_jobs
 from donors.models import check_models
@@ -141,8 +142,11 @@ def print_findings(analysis: Analysis, console: Console) -> None:
         warning = line.startswith("WARNING:")
         console.print(Text(line, style="yellow" if warning else "green"), soft_wrap=True)
     skipped = analysis.tables.get("skipped_analyses")
+    by_reason: dict[str, list[str]] = {}
     for row in [] if skipped is None else skipped.itertuples(index=False):
-        console.print(Text.assemble(("warning:", "yellow"), f" {row.analysis} skipped: {row.reason}"), soft_wrap=True)
+        by_reason.setdefault(row.reason, []).append(row.analysis)
+    for reason, names in by_reason.items():
+        console.print(Text.assemble(("warning:", "yellow"), f" {', '.join(names)} skipped: {reason}"), soft_wrap=True)
 
 
 def _ray_executor():
@@ -269,14 +273,16 @@ def _read_store(study_dir: Path) -> _StoredStudy:
         return _StoredStudy(store.scores(), store.item_predictions(), store.adapter_ids(), store.adapter_dtypes())
 
 
-def analysis_of(source: str | Path, *, metric: str | None = None) -> Analysis:
+def analysis_of(source: str | Path, *, metric: str | None = None, curated: Collection[str] | None = None) -> Analysis:
     """Analyse a study directory (from its store) or a results CSV in the published schema.
 
     ``metric``: the score transfer is computed from (:data:`donors.analysis.metrics.METRICS`);
     default, a study's ``eval.metric`` (a CSV's table is used as it is). A study directory
     also gets the validity check: option diagnostics, and the published metric beside the
-    bias-free one.
+    bias-free one. ``curated``: the human-translated tasks the A4, A11 and A15 analyses set
+    apart (default: the published study's, ``global_mmlu``).
     """
+    from donors.analysis.constants import CURATED_DATASETS
     from donors.analysis.metrics import check_metric
     from donors.analysis.results import load_results_table
     from donors.analysis.study import (
@@ -292,12 +298,13 @@ def analysis_of(source: str | Path, *, metric: str | None = None) -> Analysis:
     from donors.analysis.transfer import results_table
 
     source = Path(source)
+    curated = CURATED_DATASETS if curated is None else frozenset(curated)
     if not source.is_dir():
         if metric is not None:
             raise ConfigError(f"--metric needs a study directory with stored predictions; {source} is a results table")
         results = load_results_table(source)
         coverage = table_coverage(results)
-        tables = {GRID_COVERAGE: coverage_table(coverage), **study_tables(results)}
+        tables = {GRID_COVERAGE: coverage_table(coverage), **study_tables(results, curated=curated)}
         return Analysis(tables, results, results, "delta_score_norm", "delta_score_norm", coverage, None)
     settings = _study_settings(source)
     published = _published_metric(settings)
@@ -310,7 +317,7 @@ def analysis_of(source: str | Path, *, metric: str | None = None) -> Analysis:
     coverage = study_coverage(results, scores, _expected_grid(source, settings), adapter_ids, left_out, running=study_in_use(source))
     partial = any(line.startswith("WARNING:") for line in coverage)  # the grid is not complete
     coverage += dtype_findings(scores, adapter_dtypes)
-    tables = study_tables(results, stored=stored, metric=metric, published_metric=published, partial=partial)
+    tables = study_tables(results, stored=stored, metric=metric, published_metric=published, partial=partial, curated=curated)
     tables = {GRID_COVERAGE: coverage_table(coverage), **tables}
     findings = coverage + (tables["validity_findings"]["finding"].tolist() if "validity_findings" in tables else [])
     return Analysis(tables, results, published_results, metric, published, findings, settings)
@@ -367,47 +374,57 @@ def _default_out(source: Path, suffix: str) -> Path:
     return source / suffix if source.is_dir() else source.with_name(f"{source.stem}_{suffix}")
 
 
-def analyze(source: str | Path, out_dir: str | Path | None = None, *, metric: str | None = None) -> Analysis:
+def analyze(
+    source: str | Path, out_dir: str | Path | None = None, *, metric: str | None = None, curated: Collection[str] | None = None
+) -> Analysis:
     """Every analysis of a study (or published-schema CSV); tables saved as CSV under ``out_dir``."""
     from donors.analysis.results import save_tables
 
     source = Path(source)
-    result = analysis_of(source, metric=metric)
-    save_tables(result.tables, Path(out_dir) if out_dir else _default_out(source, "analysis"))
+    result = analysis_of(source, metric=metric, curated=curated)
+    out = Path(out_dir) if out_dir else _default_out(source, "analysis")
+    with writing_to(out, "the analysis tables"):
+        save_tables(result.tables, out)
     return result
 
 
-def write_report(source: str | Path, out: str | Path | None = None, *, metric: str | None = None) -> Path:
+def write_report(
+    source: str | Path, out: str | Path | None = None, *, metric: str | None = None, curated: Collection[str] | None = None
+) -> Path:
     """Analyse and write one self-contained HTML report; returns its path.
 
     A study directory also gets ``transfer_results.csv``: the published schema, acc in the
     ``score`` columns and acc_norm in ``score_norm``, whatever ``metric`` the report reads.
     """
-    return _write_report(source, out, metric=metric)[0]
+    return _write_report(source, out, metric=metric, curated=curated)[0]
 
 
-def _write_report(source: str | Path, out: str | Path | None = None, *, metric: str | None = None) -> tuple[Path, Analysis]:
+def _write_report(
+    source: str | Path, out: str | Path | None = None, *, metric: str | None = None, curated: Collection[str] | None = None
+) -> tuple[Path, Analysis]:
     from donors.analysis.metrics import BIAS_FREE_METRIC
     from donors.analysis.results import write_csv
     from donors.report.html import build_report
 
     source = Path(source)
-    result = analyze(source, metric=metric)
+    # With --out, everything the report is made of goes beside it: the source may be read-only.
+    result = analyze(source, Path(out).parent / "analysis" if out else None, metric=metric, curated=curated)
     out = Path(out) if out else (source / "report.html" if source.is_dir() else source.with_suffix(".html"))
-    page = build_report(
-        result.tables,
-        settings=result.settings,
-        title=(result.settings or {}).get("name", source.stem),
-        figures_dir=out.parent / "figures",
-        metric=result.metric,
-        published_metric=result.published_metric,
-        bias_free_metric=BIAS_FREE_METRIC,
-    )
-    out.write_text(page, encoding="utf-8")
-    if source.is_dir():
-        write_csv(result.published_results, out.with_name("transfer_results.csv"))
-    else:
-        write_csv(result.results, out.with_suffix(".results.csv"))
+    with writing_to(out.parent, "the report and its figures"):
+        page = build_report(
+            result.tables,
+            settings=result.settings,
+            title=(result.settings or {}).get("name", source.stem),
+            figures_dir=out.parent / "figures",
+            metric=result.metric,
+            published_metric=result.published_metric,
+            bias_free_metric=BIAS_FREE_METRIC,
+        )
+        out.write_text(page, encoding="utf-8")
+        if source.is_dir():
+            write_csv(result.published_results, out.with_name("transfer_results.csv"))
+        else:
+            write_csv(result.results, out.with_suffix(".results.csv"))
     return out, result
 
 
@@ -460,8 +477,9 @@ def predict(
     results = _measured_results(source, metric)
     cells = predict_transfer(results, seed=seed)
     out = Path(out_dir) if out_dir else _default_out(source, "prediction")
-    out.mkdir(parents=True, exist_ok=True)
-    write_csv(cells, out / "predicted_transfer.csv")
+    with writing_to(out, "the prediction"):
+        out.mkdir(parents=True, exist_ok=True)
+        write_csv(cells, out / "predicted_transfer.csv")
     scores = None
     if cv is not None:
         try:
@@ -474,7 +492,8 @@ def predict(
                 f"be fitted: {error}. Use more folds (at most the number of measured sources), or measure more sources; "
                 f"the prediction itself is written to {out / 'predicted_transfer.csv'}"
             ) from None
-        write_csv(scores, out / "predict_cv.csv")
+        with writing_to(out, "the cross-validation scores"):
+            write_csv(scores, out / "predict_cv.csv")
     return Prediction(cells, scores, out)
 
 

@@ -309,6 +309,10 @@ def status(config: Path) -> None:
 
 
 METRIC_HELP = "the score transfer is computed from: acc, acc_norm, acc_debiased, gold_prob, gold_prob_raw, acc_perm, acc_perm_strict (default: the study's eval.metric)"
+CURATED_HELP = (
+    "a human-translated task, which the A4, A11 and A15 analyses set apart from the machine-translated rest; "
+    "repeat for several (default: global_mmlu, the published study's)"
+)
 
 
 @app.command()
@@ -316,9 +320,10 @@ def analyze(
     source: Path = typer.Argument(..., help="a study directory, or a results CSV in the published schema"),
     out: Path = typer.Option(None, help="directory for the CSV tables"),
     metric: str = typer.Option(None, "--metric", help=METRIC_HELP),
+    curated: list[str] = typer.Option(None, "--curated", help=CURATED_HELP),
 ) -> None:
     """Run every analysis and save each table as CSV; print the validity findings and any analysis that could not run."""
-    analysis = api.analyze(source, out, metric=metric)
+    analysis = api.analyze(source, out, metric=metric, curated=curated or None)
     api.print_findings(analysis, console)
     skipped = analysis.tables.get("skipped_analyses")
     note = f"; {len(skipped)} analyses skipped, listed in skipped_analyses" if skipped is not None else ""
@@ -328,11 +333,12 @@ def analyze(
 @app.command()
 def report(
     source: Path = typer.Argument(..., help="a study directory, or a results CSV in the published schema"),
-    out: Path = typer.Option(None, help="HTML file to write"),
+    out: Path = typer.Option(None, help="HTML file to write; its tables (analysis/) and figures (figures/) go beside it"),
     metric: str = typer.Option(None, "--metric", help=METRIC_HELP),
+    curated: list[str] = typer.Option(None, "--curated", help=CURATED_HELP),
 ) -> None:
     """Write the self-contained HTML report and print its path."""
-    typer.echo(str(api.write_report(source, out, metric=metric)))
+    typer.echo(str(api.write_report(source, out, metric=metric, curated=curated or None)))
 
 
 def _print_frame(frame, title: str, floats: str = "{:+.2f}", out: Console | None = None) -> None:

@@ -7,6 +7,9 @@ Its message names the file, field or item at fault and the fix; the CLI prints i
 from __future__ import annotations
 
 import reprlib
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
 
 
 class DonorsError(Exception):
@@ -19,6 +22,25 @@ class InsufficientData(DonorsError, ValueError):
 
 class InputNotFound(DonorsError, FileNotFoundError):
     """A study directory, store or results table that is not where the user pointed."""
+
+
+class OutputNotWritable(DonorsError, OSError):
+    """An output (tables, report, figures, predictions) that cannot be written where it was asked for."""
+
+
+@contextmanager
+def writing_to(path: str | Path, what: str) -> Iterator[None]:
+    """Writes of ``what`` under ``path``: one that fails (read-only, no space, no permission) names the place and the fix."""
+    try:
+        yield
+    except DonorsError:
+        raise
+    except OSError as error:
+        where = error.filename or path
+        raise OutputNotWritable(
+            f"cannot write {what} to {where} ({error.strerror or error}); give a folder that can be written "
+            "(--out), or free space / fix its permissions"
+        ) from error
 
 
 MAX_QUOTED = 200

@@ -21,7 +21,7 @@ from synthetic import results_table
 
 from donors import cli
 from donors.analysis import published
-from donors.analysis.published import SKIPPED_ANALYSES, run_published_analyses
+from donors.analysis.published import NO_UNIT, SKIPPED_ANALYSES, run_published_analyses
 
 BIN = Path(sys.executable).parent
 DONORS = shutil.which("donors", path=str(BIN))
@@ -71,9 +71,14 @@ def test_console_command_correlates_typology_of_study_languages(analysed):
     assert table["Metric"].tolist() == ["Syntax Distance", "Phonology Distance", "Inventory Distance"]
     assert (table["N"] == 12).all()
     assert table["Spearman (Rank)"].notna().all()
-    assert SKIPPED_ANALYSES not in run.tables()
-    assert "warning:" not in run.stderr
-    assert run.stdout.strip() == f"{len(run.tables())} tables written"
+    # On 2 tasks x 4 languages no (model, source) unit meets the Pareto minimums: said, not written blank.
+    skipped = pd.read_csv(run.out / f"{SKIPPED_ANALYSES}.csv")
+    assert skipped["analysis"].tolist() == ["pareto_profiles", "pareto_family_summary"]
+    assert (skipped["reason"] == f"it gave no rows on this table: {NO_UNIT}").all()
+    assert [line for line in run.stderr.splitlines() if line.startswith("warning:")] == [
+        f"warning: pareto_profiles, pareto_family_summary skipped: it gave no rows on this table: {NO_UNIT}"
+    ]
+    assert run.stdout.strip() == f"{len(run.tables())} tables written; 2 analyses skipped, listed in {SKIPPED_ANALYSES}"
 
 
 @needs_console_script
@@ -82,13 +87,16 @@ def test_an_analysis_that_cannot_run_is_listed_with_its_reason_and_the_rest_are_
     assert run.returncode == 0, run.stderr
     skipped = pd.read_csv(run.out / f"{SKIPPED_ANALYSES}.csv")
     assert skipped.columns.tolist() == ["analysis", "reason"]
-    assert skipped["analysis"].tolist() == ["linguistic_correlations"]
-    reason = skipped["reason"].item()
+    assert skipped["analysis"].tolist() == ["linguistic_correlations", "pareto_profiles", "pareto_family_summary"]
+    reason = skipped["reason"].iloc[0]
     assert "qq, xx, zz" in reason and "lang2vec" in reason and "at least 3" in reason
-    assert run.tables() == full.tables() - {"linguistic_correlations"} | {SKIPPED_ANALYSES}
+    assert run.tables() == full.tables() - {"linguistic_correlations"}
     warnings = [line for line in run.stderr.splitlines() if line.startswith("warning:")]
-    assert warnings == [f"warning: linguistic_correlations skipped: {reason}"]
-    assert run.stdout.strip() == f"{len(run.tables())} tables written; 1 analyses skipped, listed in {SKIPPED_ANALYSES}"
+    assert warnings == [
+        f"warning: linguistic_correlations skipped: {reason}",
+        f"warning: pareto_profiles, pareto_family_summary skipped: it gave no rows on this table: {NO_UNIT}",
+    ]
+    assert run.stdout.strip() == f"{len(run.tables())} tables written; 3 analyses skipped, listed in {SKIPPED_ANALYSES}"
 
 
 def test_a_failing_analysis_is_recorded_with_its_error_and_the_others_still_run(monkeypatch):
@@ -99,7 +107,7 @@ def test_a_failing_analysis_is_recorded_with_its_error_and_the_others_still_run(
 
     def fake_steps(**kwargs):
         # linguistic_correlations stubbed only to keep lang2vec (seconds to load) out of this test
-        return {**steps, "pareto_profiles": broken, "linguistic_correlations": lambda df: pd.DataFrame()}
+        return {**steps, "pareto_profiles": broken, "linguistic_correlations": lambda df: pd.DataFrame({"Metric": ["stub"]})}
 
     monkeypatch.setattr(published, "published_analyses", fake_steps)
     # three languages: the translated-only variance fit needs at least 6 transfer pairs (variance.MIXED_MIN_ROWS)
@@ -107,7 +115,7 @@ def test_a_failing_analysis_is_recorded_with_its_error_and_the_others_still_run(
     skipped = tables[SKIPPED_ANALYSES].set_index("analysis")["reason"]
     assert skipped.index.tolist() == ["pareto_profiles", "pareto_family_summary"]
     assert skipped["pareto_profiles"].startswith("TypeError: planted bug (at test_console.py:")
-    assert skipped["pareto_family_summary"] == "computed from pareto_profiles, which was skipped"
+    assert skipped["pareto_family_summary"] == skipped["pareto_profiles"]  # computed from it: skipped for its reason
     assert list(tables)[-1] == SKIPPED_ANALYSES
     assert set(tables) == set(steps) - {"pareto_profiles", "pareto_family_summary"} | {SKIPPED_ANALYSES}
 

@@ -128,6 +128,17 @@ def test_a_long_model_name_gives_files_named_exactly_as_their_tables(tmp_path):
     assert path.name == f"{key}.csv"
 
 
+def test_the_report_titles_a_model_by_its_name_not_its_file_name(tmp_path):
+    from donors import api
+    from donors.analysis.predict import synthetic_transfer_table
+
+    results = synthetic_transfer_table(n_models=1, n_sources=4, seed=1).results
+    results["model_name"] = "<b>org</b>/Model 7B"
+    results.to_csv(tmp_path / "table.csv", index=False)
+    page = api.write_report(tmp_path / "table.csv").read_text()
+    assert "Transfer matrix: &lt;b&gt;org&lt;/b&gt;/Model 7B" in page and "<b>org</b>" not in page
+
+
 @pytest.mark.parametrize(
     ("model", "message"),
     [

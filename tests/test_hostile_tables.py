@@ -114,6 +114,78 @@ def test_a_repeated_key_is_refused_naming_the_key_and_its_rows(tmp_path, good_ta
         load_results_table(pd.concat([good_table, good_table.iloc[[5]]]))  # a DataFrame too
 
 
+def test_a_regime_label_the_keys_contradict_is_refused_and_an_empty_one_derived(tmp_path, good_table):
+    lower = good_table.assign(regime=good_table["regime"].str.lower())
+    lower.to_csv(tmp_path / "lower.csv", index=False)
+    # Read as it is, "mt-ml" would put the trained cells into the transfer set T.
+    with pytest.raises(
+        ResultsTableError,
+        match=r"lower\.csv: 16 row\(s\) have a regime that is not what their keys imply \(row 2: 'mt-ml' where the keys say MT-ML",
+    ):
+        load_results_table(tmp_path / "lower.csv")
+    good_table.assign(regime="").to_csv(tmp_path / "empty.csv", index=False)
+    assert load_results_table(tmp_path / "empty.csv")["regime"].tolist() == good_table["regime"].tolist()
+
+
+def test_a_row_with_a_missing_or_padded_key_is_refused_by_row(tmp_path, good_table):
+    blank = good_table.copy()
+    blank.loc[3, "eval_language"] = ""
+    blank.loc[5, "fine_tuned_dataset"] = ""
+    blank.to_csv(tmp_path / "blank.csv", index=False)
+    with pytest.raises(ResultsTableError, match=r"row 5: column eval_language is empty; row 7: only one of fine_tuned_dataset"):
+        load_results_table(tmp_path / "blank.csv")
+    padded = good_table.copy()
+    padded.loc[0, "eval_language"] = "de "
+    padded.to_csv(tmp_path / "padded.csv", index=False)
+    with pytest.raises(ResultsTableError, match=r"row 2: column eval_language has spaces around 'de '"):
+        load_results_table(tmp_path / "padded.csv")
+    # Through the CLI: exit 2 and the message, never an internal error.
+    for command in ("analyze", "report", "predict"):
+        done = donors_command(command, str(tmp_path / "blank.csv"), "--out", str(tmp_path / command))
+        assert done.returncode == 2 and "column eval_language is empty" in " ".join(done.stderr.split()), done.stderr
+
+
+def test_names_are_read_as_written_and_a_missing_size_is_read_off_the_name(tmp_path):
+    table = results_table({"olmo-2-1B": 1.0, "phi-3-mini-3.8b": 3.8, "unsized": 1.0}, ["a", "b"], ["NA", "nan"], seed=2)
+    table["model_size"] = float("nan")
+    table.to_csv(tmp_path / "names.csv", index=False)
+    loaded = load_results_table(tmp_path / "names.csv")
+    assert set(loaded["eval_language"]) == set(loaded["fine_tuned_language"]) == {"NA", "nan"}  # Nauruan, not missing
+    assert loaded.groupby("model_name")["model_size"].first().to_dict() == pytest.approx(
+        {"olmo-2-1B": 1.0, "phi-3-mini-3.8b": 3.8, "unsized": float("nan")}, nan_ok=True
+    )
+
+
+def test_report_out_keeps_every_output_beside_it_and_an_unwritable_place_is_named(tmp_path, good_table):
+    source = tmp_path / "source"
+    source.mkdir()
+    good_table.to_csv(source / "table.csv", index=False)
+    out = tmp_path / "elsewhere" / "report.html"
+    done = donors_command("report", str(source / "table.csv"), "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in source.iterdir()) == ["table.csv"]  # the source's folder is only read
+    assert (out.parent / "analysis" / "global_uplift.csv").is_file() and (out.parent / "figures").is_dir()
+    # A place that cannot be written: the file or folder is not a folder, or is read-only.
+    (tmp_path / "file").write_text("not a folder")
+    for command, where in (("analyze", "file/tables"), ("predict", "file/prediction"), ("report", "file/report.html")):
+        done = donors_command(command, str(source / "table.csv"), "--out", str(tmp_path / where))
+        message = " ".join(done.stderr.split())
+        assert done.returncode == 2 and "cannot write" in message and "give a folder that can be written" in message, done.stderr
+
+
+def test_the_curated_tasks_can_be_named_and_their_absence_is_said_once(tmp_path, good_table):
+    good_table.to_csv(tmp_path / "table.csv", index=False)
+    done = donors_command("analyze", str(tmp_path / "table.csv"), "--out", str(tmp_path / "default"))
+    curated = "language_roles_curated, curated_vs_translated_donor_correlation, variance_decomposition_global_mmlu"
+    said = " ".join(done.stderr.split())
+    assert f"warning: {curated} skipped: the table has no rows of the human-translated dataset(s) global_mmlu" in said
+    assert said.count("global_mmlu this analysis reads") == 1
+    done = donors_command("analyze", str(tmp_path / "table.csv"), "--out", str(tmp_path / "named"), "--curated", "a")
+    assert done.returncode == 0 and "human-translated" not in done.stderr, done.stderr
+    roles = pd.read_csv(tmp_path / "named" / "language_roles_curated.csv")
+    assert set(roles["lang"]) == {"en", "de"}
+
+
 def test_a_table_of_one_transfer_cell_is_analysed_and_says_what_it_could_not_compute(tmp_path):
     path = tmp_path / "one.csv"
     table_from_rows([("m-1B", 1.0, "a", "en", "a", "de", 1.5)]).to_csv(path, index=False)
@@ -322,7 +394,9 @@ def test_a_study_with_only_base_scores_lists_the_analyses_without_data(tmp_path)
     assert skipped["pareto_profiles"] == NO_ROWS and skipped["task_transfer_matrix"] == NO_ROWS
     assert not (study / "analysis" / "pareto_profiles.csv").exists()  # no blank table written without a word
     result = CliRunner().invoke(cli.app, ["analyze", str(study)])
-    assert result.exit_code == 0 and "pareto_profiles skipped: no data" in " ".join(result.output.split())
+    # One line per reason, naming every analysis it kept from running.
+    (line,) = [line for line in " ".join(result.output.split()).split("warning: ") if "skipped: no data" in line]
+    assert result.exit_code == 0 and "pareto_profiles" in line and "task_transfer_matrix" in line
 
 
 def test_a_study_with_one_adapted_state_reports(tmp_path):

@@ -419,6 +419,12 @@ def test_linguistic_correlations_recover_planted_negative_relation():
     assert fallback["Metric"].tolist() == ["Family Distance"] and fallback["N"].item() == 132
 
 
+def test_a_language_tag_with_a_region_or_script_falls_back_to_its_language():
+    distances = typological_distances(["pt-BR", "zh_Hant", "pt", "zh"]).set_index(["src", "tgt"])
+    assert distances.loc[("pt-BR", "zh_Hant")].tolist() == distances.loc[("pt", "zh")].tolist()
+    assert (distances.loc[("pt-BR", "pt")] == 0).all()
+
+
 # A15 -----------------------------------------------------------------------------------
 
 

@@ -353,14 +353,24 @@ def published_analyses(*, curated: Collection[str] = CURATED_DATASETS) -> dict[s
     timed) on its own. ``curated`` names the human-translated datasets (A4, A11, A15).
     """
     curated = frozenset(curated)
-    curated_roles = functools.partial(language_roles, datasets=curated)
     translated_roles = functools.partial(language_roles, datasets=curated, exclude=True)
+
+    def require_curated(df: pd.DataFrame) -> pd.DataFrame:
+        if not touches_curated(df, curated).any():
+            raise InsufficientData(
+                f"the table has no rows of the human-translated dataset(s) {', '.join(sorted(curated))} this analysis reads "
+                "(the published study's curated benchmark); name yours with --curated TASK (api: curated=[...])"
+            )
+        return df
+
+    def curated_roles(df: pd.DataFrame) -> pd.DataFrame:
+        return language_roles(require_curated(df), datasets=curated)
 
     def donor_correlation(df: pd.DataFrame) -> pd.DataFrame:
         return curated_vs_translated_donor_correlation(curated_roles(df), translated_roles(df))
 
     def variance_with_curated(df: pd.DataFrame) -> pd.DataFrame:
-        return variance_decomposition(df[touches_curated(df, curated)])
+        return variance_decomposition(require_curated(df)[touches_curated(df, curated)])
 
     def variance_without_curated(df: pd.DataFrame) -> pd.DataFrame:
         return variance_decomposition(df[~touches_curated(df, curated)])
@@ -393,6 +403,8 @@ def published_analyses(*, curated: Collection[str] = CURATED_DATASETS) -> dict[s
 
 
 SKIPPED_ANALYSES = "skipped_analyses"
+NO_UNIT = "no unit met the minimums of docs/protocol.md section 3"
+"""Why a published table came out empty: the thresholds (n_on, n_off, recipients, ...) kept every unit out."""
 SKIPPED_COLUMNS = ["analysis", "reason"]
 _PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 
@@ -433,7 +445,9 @@ def skipped_table(skipped: Collection[tuple[str, str]]) -> pd.DataFrame:
     return pd.DataFrame(list(skipped), columns=SKIPPED_COLUMNS)
 
 
-def run_published_analyses(df: pd.DataFrame, *, curated: Collection[str] = CURATED_DATASETS) -> dict[str, pd.DataFrame]:
+def run_published_analyses(
+    df: pd.DataFrame, *, curated: Collection[str] = CURATED_DATASETS, no_rows: str | None = None
+) -> dict[str, pd.DataFrame]:
     """Run A1-A16 on a results table of any grid; tables keyed by their published names.
 
     Dependent tables (A7 from A6, A10 from A9, the A11 correlation) are computed from
@@ -442,7 +456,9 @@ def run_published_analyses(df: pd.DataFrame, *, curated: Collection[str] = CURAT
     Each analysis runs on its own. One that raises (too little data, or an error) is left
     out and listed, with its reason, in a last table ``skipped_analyses`` (columns
     analysis, reason), which is there only when something was skipped; a dependent table
-    whose parent was skipped is skipped with it.
+    whose parent was skipped is skipped with it, for the same reason. A table that comes
+    out empty is listed there too (``no_rows``: the reason to give; by default, that no unit
+    met the protocol's minimums), not returned blank.
     """
     df = load_results_table(df)
     steps = published_analyses(curated=curated)
@@ -461,12 +477,21 @@ def run_published_analyses(df: pd.DataFrame, *, curated: Collection[str] = CURAT
             tables[name] = run_analysis(name, functools.partial(step, df), skipped)
     for name, (parents, compute) in derived.items():
         missing = [parent for parent in parents if tables[parent] is None]
-        if missing:
-            skipped.append((name, f"computed from {' and '.join(missing)}, which was skipped"))
+        if missing:  # it cannot run for its parents' reasons
+            reasons = dict(skipped)
+            skipped.append((name, "; ".join(dict.fromkeys(reasons[parent] for parent in missing))))
             tables[name] = None
         else:
             parent_tables = [tables[parent] for parent in parents]
             tables[name] = run_analysis(name, functools.partial(compute, *parent_tables), skipped)
+    if no_rows is None:
+        sizes = [(df[TARGET_LANGUAGE].nunique(), "language"), (df[TARGET_TASK].nunique(), "task")]
+        few = " and ".join(f"one {noun}" for count, noun in sizes if count < 2)
+        no_rows = f"it gave no rows on this table{f' (it has {few})' if few else ''}: {NO_UNIT}"
+    for name, table in tables.items():
+        if table is not None and table.empty:
+            skipped.append((name, no_rows))
+            tables[name] = None
     out = {name: tables[name] for name in steps if tables[name] is not None}
     if skipped:
         order = list(steps)

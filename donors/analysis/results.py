@@ -43,7 +43,7 @@ from donors.analysis.constants import (
     N,
 )
 from donors.errors import MAX_QUOTED, DonorsError, InputNotFound, _quoted
-from donors.grid import MAX_FILE_STEM, path_component, regime_labels
+from donors.grid import MAX_FILE_STEM, path_component, regime_labels, size_from_name
 
 
 class ResultsTableError(DonorsError, ValueError):
@@ -146,9 +146,12 @@ def load_results_table(
 
     The published loader insists on the nine columns the analyses read and, for the
     release, on exactly 17,424 rows; ``expect_full_grid`` restores that second check,
-    which our own, smaller studies do not pass. As in the release, ``n/a`` reads as
-    missing (pandas' default), Δ and model_size are made numeric, and nothing is
-    recomputed.
+    which our own, smaller studies do not pass. As in the release, ``n/a`` in a numeric
+    column reads as missing, Δ and model_size are made numeric, and no score is
+    recomputed. Names are read as written (a language ``NA`` stays ``NA``; only an empty
+    cell is missing); ``n/a`` in both source columns marks a base-model row. A missing
+    model_size is read off the model's name, as ``donors`` writes it (``Qwen2.5-7B`` -> 7);
+    an empty ``regime`` is derived from the keys (section 0).
 
     ``float_parser`` says how numbers written as text (every numeric column of a CSV,
     Δ and model_size given as strings) become floats. ``"published"`` (the default)
@@ -162,7 +165,9 @@ def load_results_table(
     a CSV with a header but no rows; text that is not a number in a numeric column of a
     CSV (a missing value, empty or ``n/a``, is allowed); a Δ that is infinite or beyond
     ±100 pp; and a (model, source, target) key given twice, which the published validator
-    counts as an error (docs/protocol.md sections 1b and 5).
+    counts as an error (docs/protocol.md sections 1b and 5); a row whose model or target
+    is missing, whose source is half given, or whose key has spaces around it; and a
+    ``regime`` label that disagrees with what the keys imply.
     """
     if float_parser not in FLOAT_PARSERS:
         raise ValueError(f"float_parser must be one of {', '.join(map(repr, FLOAT_PARSERS))}, not {float_parser!r}")
@@ -199,11 +204,67 @@ def load_results_table(
         raise ResultsTableError(
             f"{origin} has {len(frame):,} rows; the published grid has exactly {PUBLISHED_ROWS:,} (9 models x 44 sources x 44 targets)"
         )
+    first_row = 2 if text is not None else None
     frame[DELTA] = _numbers(frame[DELTA], parse)
-    frame[SIZE] = _numbers(frame[SIZE], parse)
+    frame[SIZE] = _numbers(frame[SIZE], parse).fillna(frame[MODEL].map(_size_from_name))
     _check_deltas(frame, origin)
-    _check_unique_keys(frame, origin, first_row=2 if text is not None else None)
+    _check_keys(frame, origin, first_row)
+    _check_unique_keys(frame, origin, first_row)
+    frame[REGIME] = _checked_regime(frame, origin, first_row)
     return frame
+
+
+def _size_from_name(name) -> float:
+    return size_from_name(name) if isinstance(name, str) else np.nan
+
+
+def _check_keys(frame: pd.DataFrame, origin: str, first_row: int | None) -> None:
+    """Refuse a row whose model or target is missing, whose source is half given, or whose key has spaces around it.
+
+    Such a row would be bucketed as some regime and counted as some language without a word;
+    a row without a source at all (both fields missing or ``n/a``) is a base-model row, and allowed.
+    """
+    problems: list[tuple[int, str]] = []
+    for column in (MODEL, TARGET_TASK, TARGET_LANGUAGE):
+        blank = frame[column].isna() | (frame[column].astype(str).str.strip() == "")
+        problems += [(i, f"column {column} is empty") for i in np.flatnonzero(blank.to_numpy())]
+    given = [frame[c].notna() & ~frame[c].astype(str).str.strip().isin(["", MISSING_SOURCE]) for c in (SOURCE_TASK, SOURCE_LANGUAGE)]
+    half = (given[0] != given[1]).to_numpy()
+    problems += [(i, f"only one of {SOURCE_TASK} and {SOURCE_LANGUAGE} is given") for i in np.flatnonzero(half)]
+    for column in KEY_COLUMNS:
+        values = frame[column]
+        padded = values.notna() & (values.astype(str) != values.astype(str).str.strip()) & (values.astype(str).str.strip() != "")
+        problems += [(i, f"column {column} has spaces around {_quoted(values.iat[i])}") for i in np.flatnonzero(padded.to_numpy())]
+    if problems:
+        problems.sort()
+        shown = "; ".join(f"{_row(frame, i, first_row)}: {what}" for i, what in problems[:5])
+        raise ResultsTableError(
+            f"{origin}: {len(problems)} problem(s) with the key columns ({shown}{'; ...' if len(problems) > 5 else ''}); every row "
+            f"names its model, the task and language it was evaluated on, and both {SOURCE_TASK} and {SOURCE_LANGUAGE} (or "
+            f"neither, {MISSING_SOURCE!r}, for a base-model row), without spaces around them: fill in or fix those cells"
+        )
+
+
+def _checked_regime(frame: pd.DataFrame, origin: str, first_row: int | None) -> pd.Series:
+    """The ``regime`` column, checked against the rule of section 0; an empty label is filled in by the rule.
+
+    Every analysis selects its rows by this column (O is ``regime == "MT-ML"``), so a label that
+    disagrees with the keys would move rows between O and T without a word: refused, naming rows.
+    """
+    derived = derive_regime(frame)
+    stored = frame[REGIME].astype(object)
+    stored = stored.where(stored.notna() & ~stored.astype(str).str.strip().str.lower().isin(MISSING_TEXT))
+    wrong = (stored.notna() & derived.notna() & (stored != derived)).to_numpy()
+    if wrong.any():
+        rows = np.flatnonzero(wrong)
+        shown = "; ".join(f"{_row(frame, i, first_row)}: {_quoted(stored.iat[i])} where the keys say {derived.iat[i]}" for i in rows[:5])
+        raise ResultsTableError(
+            f"{origin}: {len(rows)} row(s) have a {REGIME} that is not what their keys imply ({shown}{'; ...' if len(rows) > 5 else ''}); "
+            "the label is 2 x same task + same language: MT-ML (same task, same language), MT-CL (same task), CT-ML (same "
+            "language), CT-CL (neither), written exactly so (docs/protocol.md section 0). Correct those labels, or leave the "
+            f"{REGIME} cells empty to have them derived"
+        )
+    return stored.fillna(derived)
 
 
 NUMERIC_COLUMNS = re.compile(r"(model_size|n_seeds|(delta_)?score(_norm)?(_base)?_(mean|std|se))")
@@ -239,7 +300,7 @@ def _read_csv(path: Path, origin: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     text_columns = (MODEL, SOURCE_TASK, SOURCE_LANGUAGE, TARGET_TASK, TARGET_LANGUAGE, REGIME)
     try:
         frame = pd.read_csv(io.StringIO(content), dtype={c: str for c in text_columns})
-        text = pd.read_csv(io.StringIO(content), dtype=str)
+        text = pd.read_csv(io.StringIO(content), dtype=str, keep_default_na=False)
     except pd.errors.EmptyDataError:
         raise ResultsTableError(f"{origin} has no header line naming the columns; {advice}") from None
     except (pd.errors.ParserError, csv.Error, ValueError) as error:
@@ -248,6 +309,12 @@ def _read_csv(path: Path, origin: str) -> tuple[pd.DataFrame, pd.DataFrame]:
             f"{origin} is not a CSV table that can be read ({message}); every line must hold as many comma-separated "
             f"fields as the header, text with commas quoted; {advice}"
         ) from None
+    # Names as written: only an empty cell is missing ("NA" is Nauruan, "nan" may be a model's name),
+    # and n/a where a base-model row has no source, as the release reads it.
+    for column in text_columns:
+        if column in frame:
+            missing = ("", MISSING_SOURCE) if column in (SOURCE_TASK, SOURCE_LANGUAGE) else ("",)
+            frame[column] = text[column].where(~text[column].isin(missing))
     return frame, text
 
 

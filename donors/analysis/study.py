@@ -7,12 +7,21 @@ Pure: every input is a table handed in (the API reads the store once and passes 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
-from typing import Callable
 
 import pandas as pd
 
-from donors.analysis.constants import DELTA, MODEL, PUBLISHED_NAMES, SOURCE_LANGUAGE, SOURCE_TASK, TARGET_LANGUAGE, TARGET_TASK
+from donors.analysis.constants import (
+    CURATED_DATASETS,
+    DELTA,
+    MODEL,
+    PUBLISHED_NAMES,
+    SOURCE_LANGUAGE,
+    SOURCE_TASK,
+    TARGET_LANGUAGE,
+    TARGET_TASK,
+)
 from donors.analysis.metrics import BIAS_FREE_METRIC, item_scores, target_scores
 from donors.analysis.paired import PairedBootstrap, paired_statistics, paired_tables, regime_summary_by_model
 from donors.analysis.predict import DELTA_SE, prediction_tables
@@ -200,9 +209,13 @@ def coverage_table(lines: list[str]) -> pd.DataFrame:
 
 
 def _transfer_matrix(results: pd.DataFrame, model: str) -> pd.DataFrame:
-    """The sources x targets table (pp) of one model, the first column naming the source."""
-    matrix = TransferMatrix.from_results(results, model).values
-    return matrix.rename_axis("source").rename_axis(None, axis=1)
+    """The sources x targets table (pp) of one model, the first column naming the source.
+
+    Its key names the model as a file name may; ``attrs["model"]`` keeps the name as given, for titles.
+    """
+    matrix = TransferMatrix.from_results(results, model).values.rename_axis("source").rename_axis(None, axis=1)
+    matrix.attrs["model"] = model
+    return matrix
 
 
 def transfer_matrices(results: pd.DataFrame, prefix: str = "transfer_matrix") -> dict[str, pd.DataFrame]:
@@ -218,6 +231,7 @@ def study_tables(
     published_metric: str = "acc_norm",
     bias_free_metric: str = BIAS_FREE_METRIC,
     partial: bool = False,
+    curated: Collection[str] = CURATED_DATASETS,
 ) -> dict[str, pd.DataFrame]:
     """Every table the report shows, keyed by a stable name (also the CSV file name).
 
@@ -229,9 +243,9 @@ def study_tables(
     in the last table ``skipped_analyses`` (columns analysis, reason), which is there only
     when something was skipped (see :func:`run_published_analyses`). With ``partial`` (a
     study not yet complete) an analysis whose table comes out empty is listed there too
-    (:data:`NO_ROWS`), not written blank.
+    (:data:`NO_ROWS`), not written blank. ``curated``: the human-translated tasks (A4, A11, A15).
     """
-    tables = run_published_analyses(results)
+    tables = run_published_analyses(results, curated=curated, no_rows=NO_ROWS if partial else None)
     skipped = list(tables.pop(SKIPPED_ANALYSES, skipped_table([])).itertuples(index=False, name=None))
 
     def run(name: str, compute: Callable[[], pd.DataFrame]) -> None:

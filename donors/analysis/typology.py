@@ -99,11 +99,16 @@ def iso_639_3(language: str, iso_codes: Mapping[str, str] | None = None) -> str 
     """The URIEL code for a language, or None when lang2vec has no kNN features for it.
 
     The published mapping first (zh -> cmn), then lang2vec's own two-letter table, then
-    the code itself, in case it already is an ISO 639-3 code.
+    the code itself, in case it already is an ISO 639-3 code. A tag with a region or script
+    (``pt-BR``, ``zh_Hant``) that is not known as it is falls back to its language (``pt``, ``zh``).
     """
     codes = {**ISO_639_3, **(iso_codes or {})}
-    code = codes.get(language) or _lang2vec().LETTER_CODES.get(language) or language
-    return code if _has_features(code) else None
+    primary = language.replace("_", "-").split("-")[0].lower()
+    for tag in dict.fromkeys([language, primary]):
+        code = codes.get(tag) or _lang2vec().LETTER_CODES.get(tag) or tag
+        if _has_features(code):
+            return code
+    return None
 
 
 @functools.cache

@@ -170,7 +170,7 @@ def _validity_sections(tables: dict[str, pd.DataFrame], figure_path, published: 
         if matrix.empty or other is None or other.empty:
             continue
         parts += _section(
-            f"{model}: published and bias-free transfer side by side",
+            f"{matrix.attrs.get('model', model)}: published and bias-free transfer side by side",
             "<div class='pair'>",
             _png(transfer_heatmap(matrix, title=f"{published} Δ (pp)"), figure_path(f"transfer_matrix__{model}__{published}")),
             _png(transfer_heatmap(other, title=f"{bias_free} Δ (pp)"), figure_path(f"transfer_matrix__{model}__{bias_free}")),
@@ -303,7 +303,7 @@ def _matrix_sections(tables: dict[str, pd.DataFrame], figure_path) -> list[str]:
     parts = []
     for name, matrix in tables.items():
         if name.startswith("transfer_matrix__") and not matrix.empty:
-            model = name.split("__", 1)[1]
+            model = matrix.attrs.get("model", name.split("__", 1)[1])
             parts += _section(
                 f"Transfer matrix: {model}", _png(transfer_heatmap(matrix, title=f"{model}: transfer (pp)"), figure_path(name))
             )
