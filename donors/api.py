@@ -21,7 +21,7 @@ from rich.console import Console
 
 from donors import plan as planning
 from donors.config import ConfigError, StudyConfig, load_config
-from donors.errors import InputNotFound, writing_to
+from donors.errors import InputNotFound, _quoted, writing_to
 from donors.jobs import cells as cells_of
 from donors.jobs import eval_jobs, train_jobs
 from donors.models import check_models
@@ -68,21 +68,24 @@ def _check_same_recipe(store: ResultsStore, config: StudyConfig) -> None:
         store.set_meta("recipe", json.dumps(config.recipe(), sort_keys=True))
         return
     if stored != config.recipe_hash():
-        old = json.loads(store.get_meta("recipe") or "{}")
-        new = config.recipe()
-        changed = [
-            f"{section}.{key}: {old.get(section, {}).get(key)!r} -> {value!r}"
-            for section, fields in new.items()
-            if isinstance(fields, dict)
-            for key, value in fields.items()
-            if old.get(section, {}).get(key) != value
-        ]
-        changed += [f"{k}: {old.get(k)!r} -> {v!r}" for k, v in new.items() if not isinstance(v, dict) and old.get(k) != v]
+        changed = _differences(json.loads(store.get_meta("recipe") or "{}"), config.recipe())
+        shown = "; ".join(changed[:8]) + ("; ..." if len(changed) > 8 else "")
         raise ConfigError(
-            f"{config.output_dir} holds results made with other settings ({'; '.join(changed) or 'tasks changed'}). "
-            "Use a new output_dir for the new settings, or restore the old ones to resume. "
-            "The grid (models, tasks' languages, seeds) may grow freely."
+            f"{config.output_dir} holds results made with other settings ({shown or 'settings changed'}). "
+            "Use a new output_dir for the new settings, or restore the old ones to resume (data moved elsewhere: "
+            "keep its old path, e.g. with a link). The grid (models, tasks' languages, seeds) may grow freely."
         )
+
+
+def _differences(old, new, where: str = "") -> list[str]:
+    """Each setting that differs between two recipes, by its path (``tasks[0].options.path: 'a' -> 'b'``)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [
+            line for key in dict.fromkeys([*old, *new]) for line in _differences(old.get(key), new.get(key), f"{where}.{key}".lstrip("."))
+        ]
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        return [line for i, (a, b) in enumerate(zip(old, new)) for line in _differences(a, b, f"{where}[{i}]")]
+    return [] if old == new else [f"{where}: {_quoted(old)} -> {_quoted(new)}"]
 
 
 def run_study(
@@ -447,15 +450,23 @@ class Prediction:
 
 
 def _measured_results(source: str | Path, metric: str | None) -> pd.DataFrame:
-    """The measured transfer table of a study (its published metric unless ``metric``) or of a results CSV."""
+    """The measured transfer table of a study (its published metric unless ``metric``) or of a results CSV.
+
+    ``attrs["metric"]`` says what its Δ is a difference of, for the titles that show it.
+    """
     source = Path(source)
     if source.is_dir():
         from donors.analysis.metrics import check_metric
 
-        return results_of(source, metric=check_metric(metric or _published_metric(_study_settings(source))))
+        chosen = check_metric(metric or _published_metric(_study_settings(source)))
+        results = results_of(source, metric=chosen)
+        results.attrs["metric"] = chosen if metric else f"{chosen}, the study's eval.metric"
+        return results
     if metric is not None:
         raise ConfigError(f"--metric needs a study directory with stored predictions; {source} is a results table")
-    return results_of(source)
+    results = results_of(source)
+    results.attrs["metric"] = "the table's delta_score_norm_mean"
+    return results
 
 
 def predict(
@@ -512,6 +523,7 @@ def recommend(
     Measured and predicted sources alike, per model (or ``model`` only), ``top`` each; with
     each one's 90% interval, its probability of harming any chosen target by 1 pp or more, and
     whether it was measured. ``max_harm`` drops sources above that probability.
+    ``attrs["metric"]`` names the score the gains are measured in.
     """
     from donors.analysis.predict import recommend_sources
 
@@ -519,7 +531,10 @@ def recommend(
         raise ConfigError(f"--top must be at least 1, got {top}")
     if max_harm is not None and not 0 <= max_harm <= 1:
         raise ConfigError(f"--max-harm is a probability in 0..1, got {max_harm}")
-    return recommend_sources(_measured_results(source, metric), targets, model=model, top=top, max_harm=max_harm, seed=seed)
+    results = _measured_results(source, metric)
+    ranked = recommend_sources(results, targets, model=model, top=top, max_harm=max_harm, seed=seed)
+    ranked.attrs["metric"] = results.attrs["metric"]
+    return ranked
 
 
 @dataclass(frozen=True)

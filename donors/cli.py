@@ -158,7 +158,15 @@ def run(
     ),
 ) -> None:
     """Train and evaluate whatever the study lacks, then analyse and write the report. Resumable."""
-    path = api.run_study(config, console=console, report=not no_report, redo_changed_data=redo_changed_data)
+    try:
+        path = api.run_study(config, console=console, report=not no_report, redo_changed_data=redo_changed_data)
+    except KeyboardInterrupt:
+        console.print(
+            f"[yellow]interrupted:[/yellow] every adapter and score finished so far is kept in the study's store; "
+            f"`donors run {config}` resumes from there (the unit in flight starts over)",
+            soft_wrap=True,
+        )
+        raise typer.Exit(code=130) from None
     typer.echo(str(path))
 
 
@@ -388,7 +396,7 @@ def recommend(
 ) -> None:
     """Rank sources to fine-tune on by expected mean gain over the chosen targets, measured or predicted."""
     ranked = api.recommend(source, targets, model=model, top=top, max_harm=max_harm, metric=metric)
-    _print_frame(ranked, f"what to fine-tune on for {', '.join(targets)} (Δ in pp, 90% interval)")
+    _print_frame(ranked, f"what to fine-tune on for {', '.join(targets)} (Δ in pp of {ranked.attrs['metric']}, 90% interval)")
 
 
 @app.command()

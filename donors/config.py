@@ -16,7 +16,7 @@ from types import UnionType
 from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from donors.errors import DonorsError, _quoted, describe_validation_error
 from donors.grid import STUDY_LANGUAGES, Cell, cells_matching, path_component
@@ -261,6 +261,9 @@ class RayConfig(_Section):
 class StudyConfig(_Section):
     """Everything a study needs; the output directory holds its store, adapters and report."""
 
+    _source: str = PrivateAttr("the study config")
+    """Where it was read from (the YAML file), for errors found after validation: a task's options, its data."""
+
     name: str = Field("study", description="the study's name, the title of its report")
     output_dir: Path = Field(
         Path("studies/study"),
@@ -439,6 +442,11 @@ class StudyConfig(_Section):
         """``train`` as it applies to one source task (its own length cap)."""
         return self.train.model_copy(update={"max_length": self.max_length_for(task)})
 
+    @property
+    def source(self) -> str:
+        """The file this config was read from (``<config>`` when built from a dict)."""
+        return self._source
+
     def recipe(self) -> dict[str, Any]:
         """Every setting that changes a trained adapter or a score (not the grid)."""
         recipe: dict[str, Any] = {k: getattr(self, k).model_dump(mode="json") for k in ("lora", "train", "eval")}
@@ -571,10 +579,12 @@ def config_from_dict(data: dict[str, Any], source: str = "<config>") -> StudyCon
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: a study config is a mapping of fields (name, models, tasks, ...), got {type(data).__name__}")
     try:
-        return StudyConfig.model_validate(data)
+        config = StudyConfig.model_validate(data)
     except ValidationError as error:
         heading = f"{source}: invalid study config"
         raise ConfigError(describe_validation_error(error, heading, reference="docs/config.md, `donors config`")) from None
+    config._source = source
+    return config
 
 
 MAX_CONFIG_BYTES = 1_000_000

@@ -20,8 +20,7 @@ from dataclasses import dataclass
 from donors.config import ConfigError, StudyConfig, TaskSpec
 from donors.grid import size_from_name
 from donors.jobs import cells
-from donors.tasks import get_task
-from donors.tasks.data import DataError, subsample
+from donors.tasks.data import DataError, check_languages, study_task, subsample
 from donors.tasks.item import Item
 from donors.tasks.prompts import choice_strings, prompt_text
 from donors.tasks.published import Benchmark, PublishedTask
@@ -197,6 +196,7 @@ def _test_tokens(item: Item, config: StudyConfig, ratio: float) -> float:
 def _measured(spec: TaskSpec, task, config: StudyConfig, ratio: float) -> TaskSizes:
     train_items = test_items = 0
     train_tokens = test_tokens = 0.0
+    check_languages(config, spec.name, task)
     for language in config.languages:
         train = subsample(task.load(language, "train"), config.train.max_items)
         test = subsample(task.load(language, "test"), config.eval.max_items)
@@ -229,7 +229,7 @@ def _published(spec: TaskSpec, benchmark: Benchmark, config: StudyConfig, ratio:
 
 def task_sizes(spec: TaskSpec, config: StudyConfig, chars_per_token: float = CHARS_PER_TOKEN) -> TaskSizes:
     """Sizes from the data if it is local, else the published benchmark's documented sizes."""
-    task = get_task(spec.name, **spec.options)
+    task = study_task(config, spec)
     if isinstance(task, PublishedTask) and not task.reads_local_files:
         return _published(spec, task.benchmark, config, chars_per_token, "hub data, not fetched")
     try:

@@ -341,6 +341,25 @@ def test_bad_options_name_the_task_and_the_fix(options: dict[str, Any], expected
     assert "task 'quiz'" in str(error.value) and expected in str(error.value)
 
 
+def test_a_task_entry_that_cannot_be_built_or_lacks_a_language_names_the_config_file(tmp_path: Path) -> None:
+    from donors import api
+
+    path = write_quiz(tmp_path / "data", languages=("en", "de"))
+    task = {"name": "quiz", "options": {"source": "files", "path": path, "languages": ["en", "de"]}}
+    task["options"]["columns"] = {"id": "qid", "question": "stem", "choices": ["a", "b", "c", "d"], "answer": "letter"}
+    task["options"]["answer_type"] = "letter"
+    study = {"models": ["smollm2-135m"], "output_dir": str(tmp_path / "study"), "tasks": [task]}
+    (tmp_path / "typo.yaml").write_text(
+        json.dumps({**study, "languages": ["en", "de"], "tasks": [{**task, "options": {**task["options"], "answer_type": "indx"}}]})
+    )
+    (tmp_path / "french.yaml").write_text(json.dumps({**study, "languages": ["en", "de", "fr"]}))
+    for plan_or_load in (lambda c: api.plan_study(c), lambda c: load_study_data(load_config(c))):
+        with pytest.raises(DataError, match=r"typo\.yaml, tasks\[0\]: task 'quiz': invalid options(.|\n)*answer_type"):
+            plan_or_load(tmp_path / "typo.yaml")
+        with pytest.raises(DataError, match=r"french\.yaml: task 'quiz' has no data for fr; it covers en, de"):
+            plan_or_load(tmp_path / "french.yaml")
+
+
 # --- hostile files (issue 17, item 12): every bad file is named with its row, within documented limits -------
 
 

@@ -292,6 +292,11 @@ def test_a_users_error_still_exits_2_and_an_interrupt_is_no_internal_error(tmp_p
     result = CliRunner().invoke(cli.app, ["analyze", str(tmp_path)])
     assert result.exit_code not in (0, 2, 3) and "internal error" not in result.output
     assert not (tmp_path / cli._user_log_name()).exists()
+    # An interrupted run says its finished work is kept and how to resume.
+    monkeypatch.setattr(api, "run_study", interrupted)
+    result = CliRunner().invoke(cli.app, ["run", "study.yaml"])
+    said = " ".join(result.output.split())
+    assert result.exit_code == 130 and "finished so far is kept in the study's store; `donors run study.yaml` resumes" in said
 
 
 def test_every_command_goes_through_the_guard():
@@ -397,6 +402,14 @@ def test_a_study_with_only_base_scores_lists_the_analyses_without_data(tmp_path)
     # One line per reason, naming every analysis it kept from running.
     (line,) = [line for line in " ".join(result.output.split()).split("warning: ") if "skipped: no data" in line]
     assert result.exit_code == 0 and "pareto_profiles" in line and "task_transfer_matrix" in line
+
+
+def test_predict_on_a_study_with_only_base_scores_says_there_is_nothing_to_fit(tmp_path):
+    study = make_study(tmp_path / "study", adapters=0)
+    for command in (["predict", str(study)], ["recommend", str(study), "--targets", "number_words/*"]):
+        done = donors_command(*command)
+        message = " ".join(done.stderr.split())
+        assert done.returncode == 2 and "no (source, target) cell with a Δ is measured yet" in message, done.stderr
 
 
 def test_a_study_with_one_adapted_state_reports(tmp_path):

@@ -226,6 +226,23 @@ def test_a_changed_adapter_is_not_scored_and_the_base_still_is(tmp_path, monkeyp
     assert all(isinstance(e, AdapterChanged) and "changed since it was stored" in str(e) for _, _, e in failures)
 
 
+def test_a_changed_recipe_is_refused_naming_each_setting_that_changed(tmp_path):
+    from donors.api import _check_same_recipe
+
+    def config(path: str, r: int) -> StudyConfig:
+        task = {"name": "qa", "options": {"source": "files", "path": path, "columns": {"id": "id"}}}
+        return StudyConfig(models=["m"], tasks=[task], languages=["en"], output_dir=tmp_path, lora={"r": r, "alpha": 2 * r})
+
+    with ResultsStore(tmp_path / "results.sqlite") as store:
+        _check_same_recipe(store, config("data/{language}.jsonl", 8))
+        _check_same_recipe(store, config("data/{language}.jsonl", 8))  # the same recipe resumes
+        with pytest.raises(ConfigError) as refused:
+            _check_same_recipe(store, config("moved/{language}.jsonl", 16))
+    message = str(refused.value)
+    assert "(lora.alpha: 16 -> 32; lora.r: 8 -> 16; tasks[0].options.path: 'data/{language}.jsonl' -> 'moved/{language}.jsonl')" in message
+    assert "columns" not in message and "keep its old path" in message
+
+
 # -- on the embedded model ----------------------------------------------------------------------
 
 

@@ -64,6 +64,7 @@ def test_recommend_ranks_sources_for_the_chosen_targets_and_names_them_when_none
     done = donors("recommend", str(measured), "--targets", "number_words/*", "--top", "3")
     assert done.returncode == 0, done.stderr
     assert "what to fine-tune on for number_words/*" in done.stdout and done.stdout.count("smollm2-135m") == 3
+    assert "Δ in pp of the table's delta_score_norm_mean" in " ".join(done.stdout.split())  # which score the gains are in
     ranked = api.recommend(measured, ["number_words/*"], top=6)
     assert ranked["gain"].is_monotonic_decreasing and ranked["rank"].tolist() == [1, 2, 3, 4, 5, 6]
     assert ranked["measured"].sum() == 5

@@ -218,6 +218,11 @@ def _prepare(results, grid: Grid | None = None) -> _Data:
 
 
 def _check_enough(data: _Data) -> None:
+    if not len(data.delta):
+        raise InsufficientData(
+            "no (source, target) cell with a Δ is measured yet, so there is nothing to fit a transfer model to: "
+            f"train and score at least {MIN_SOURCES_PER_MODEL} sources per model first (`donors run`)"
+        )
     counts = data.measured.sum(axis=1)
     short = [f"{name} ({n})" for name, n in zip(data.grid.models, counts) if n < MIN_SOURCES_PER_MODEL]
     if short:

@@ -10,7 +10,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from itertools import zip_longest
 
-from donors.config import StudyConfig
+from donors.config import StudyConfig, TaskSpec
 from donors.errors import DonorsError
 from donors.grid import Cell
 from donors.tasks.item import SPLITS, Item, Split, items_digest, stable_digest
@@ -82,16 +82,29 @@ class StudyData:
         return {(split, cell): fingerprint(items) for split in SPLITS for cell, items in getattr(self, split).items()}
 
 
+def study_task(config: StudyConfig, spec: TaskSpec) -> Task:
+    """The task of one of ``config.tasks``; an error in its options names the config file and the entry."""
+    try:
+        return get_task(spec.name, **spec.options)
+    except DonorsError as error:
+        raise type(error)(f"{config.source}, tasks[{config.tasks.index(spec)}]: {error}") from None
+
+
+def check_languages(config: StudyConfig, name: str, task: Task) -> None:
+    """Refuse a study language the task has no data for, naming the config file, what it covers and the fix."""
+    missing = [lang for lang in config.languages if lang not in task.languages]
+    if missing:
+        raise DataError(
+            f"{config.source}: task {name!r} has no data for {', '.join(missing)}; it covers {', '.join(task.languages)}. "
+            "Remove those languages from the study's languages, or give the task data for them"
+        )
+
+
 def load_study_data(config: StudyConfig, tasks: dict[str, Task] | None = None) -> StudyData:
-    tasks = tasks or {spec.name: get_task(spec.name, **spec.options) for spec in config.tasks}
+    tasks = tasks or {spec.name: study_task(config, spec) for spec in config.tasks}
     data = StudyData()
     for name, task in tasks.items():
-        missing = [lang for lang in config.languages if lang not in task.languages]
-        if missing:
-            raise DataError(
-                f"task {name!r} has no data for {', '.join(missing)}; it covers {', '.join(task.languages)}. "
-                "Remove those languages from the study or use a task that covers them"
-            )
+        check_languages(config, name, task)
         test_ids: dict[str, frozenset[str]] = {}
         # A cut keeps the same ids in every language: those balanced in the first language.
         chosen: dict[str, list[str] | None] = {"train": None, "test": None}
