@@ -410,8 +410,10 @@ def _write_report(
     from donors.report.html import build_report
 
     source = Path(source)
-    # With --out, everything the report is made of goes beside it: the source may be read-only.
-    result = analyze(source, Path(out).parent / "analysis" if out else None, metric=metric, curated=curated)
+    # With --out, everything the report is made of goes beside it (the source may be read-only),
+    # its tables in a folder of its own: two reports written to one folder keep theirs apart.
+    tables = Path(out).with_name(f"{Path(out).stem}_analysis") if out else None
+    result = analyze(source, tables, metric=metric, curated=curated)
     out = Path(out) if out else (source / "report.html" if source.is_dir() else source.with_suffix(".html"))
     with writing_to(out.parent, "the report and its figures"):
         page = build_report(

@@ -280,7 +280,8 @@ def _print_probe(config: Path, n_items: int, out: Console) -> None:
 
     study = api.load_config(config)
     result = api.probe_study(study, n_items)
-    table = Table(title=f"base models on {n_items} gold-balanced items per target")
+    fewer = " (n: fewer where a target has fewer test items)" if (result["n"] < n_items).any() else ""
+    table = Table(title=f"base models on up to {n_items} gold-balanced items per target{fewer}")
     for column in ("model", "format", "target", "n", "accuracy", "debiased", "chance", "top option", "collapsed"):
         table.add_column(column, justify="left" if column in ("model", "format", "target") else "right")
     for r in result.itertuples():
@@ -341,7 +342,7 @@ def analyze(
 @app.command()
 def report(
     source: Path = typer.Argument(..., help="a study directory, or a results CSV in the published schema"),
-    out: Path = typer.Option(None, help="HTML file to write; its tables (analysis/) and figures (figures/) go beside it"),
+    out: Path = typer.Option(None, help="HTML file to write; its tables (<name>_analysis/) and figures (figures/) go beside it"),
     metric: str = typer.Option(None, "--metric", help=METRIC_HELP),
     curated: list[str] = typer.Option(None, "--curated", help=CURATED_HELP),
 ) -> None:

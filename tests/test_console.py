@@ -107,17 +107,24 @@ def test_a_failing_analysis_is_recorded_with_its_error_and_the_others_still_run(
 
     def fake_steps(**kwargs):
         # linguistic_correlations stubbed only to keep lang2vec (seconds to load) out of this test
-        return {**steps, "pareto_profiles": broken, "linguistic_correlations": lambda df: pd.DataFrame({"Metric": ["stub"]})}
+        return {
+            **steps,
+            "pareto_profiles": broken,
+            "language_donor_recipient": lambda df: pd.DataFrame(),  # no unit met its minimums
+            "linguistic_correlations": lambda df: pd.DataFrame({"Metric": ["stub"]}),
+        }
 
     monkeypatch.setattr(published, "published_analyses", fake_steps)
     # three languages: the translated-only variance fit needs at least 6 transfer pairs (variance.MIXED_MIN_ROWS)
     tables = run_published_analyses(results_table(MODELS, TASKS, ["en", "de", "fr"], seed=1))
     skipped = tables[SKIPPED_ANALYSES].set_index("analysis")["reason"]
-    assert skipped.index.tolist() == ["pareto_profiles", "pareto_family_summary"]
+    gone = ["pareto_profiles", "pareto_family_summary", "language_donor_recipient", "language_roles_by_family"]
+    assert skipped.index.tolist() == gone
     assert skipped["pareto_profiles"].startswith("TypeError: planted bug (at test_console.py:")
     assert skipped["pareto_family_summary"] == skipped["pareto_profiles"]  # computed from it: skipped for its reason
+    assert skipped["language_donor_recipient"] == skipped["language_roles_by_family"] == f"it gave no rows on this table: {NO_UNIT}"
     assert list(tables)[-1] == SKIPPED_ANALYSES
-    assert set(tables) == set(steps) - {"pareto_profiles", "pareto_family_summary"} | {SKIPPED_ANALYSES}
+    assert set(tables) == set(steps) - set(gone) | {SKIPPED_ANALYSES}
 
 
 @pytest.mark.skipif(not (BIN / "lang2vec.py").exists(), reason="lang2vec installed no lang2vec.py script")

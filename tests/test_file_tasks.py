@@ -360,6 +360,16 @@ def test_a_task_entry_that_cannot_be_built_or_lacks_a_language_names_the_config_
             plan_or_load(tmp_path / "french.yaml")
 
 
+def test_an_option_a_task_does_not_take_is_named_with_the_config_file(tmp_path: Path) -> None:
+    from donors import api
+    from donors.tasks.registry import TaskOptionsError
+
+    study = {"models": ["smollm2-135m"], "languages": ["en"], "output_dir": str(tmp_path / "study")}
+    (tmp_path / "bogus.yaml").write_text(json.dumps({**study, "tasks": [{"name": "number_words", "options": {"bogus": 1}}]}))
+    with pytest.raises(TaskOptionsError, match=r"bogus\.yaml, tasks\[0\]: task 'number_words' .*unexpected keyword argument 'bogus'"):
+        api.plan_study(tmp_path / "bogus.yaml")
+
+
 # --- hostile files (issue 17, item 12): every bad file is named with its row, within documented limits -------
 
 

@@ -164,7 +164,7 @@ def test_report_out_keeps_every_output_beside_it_and_an_unwritable_place_is_name
     done = donors_command("report", str(source / "table.csv"), "--out", str(out))
     assert done.returncode == 0, done.stderr
     assert sorted(p.name for p in source.iterdir()) == ["table.csv"]  # the source's folder is only read
-    assert (out.parent / "analysis" / "global_uplift.csv").is_file() and (out.parent / "figures").is_dir()
+    assert (out.parent / "report_analysis" / "global_uplift.csv").is_file() and (out.parent / "figures").is_dir()
     # A place that cannot be written: the file or folder is not a folder, or is read-only.
     (tmp_path / "file").write_text("not a folder")
     for command, where in (("analyze", "file/tables"), ("predict", "file/prediction"), ("report", "file/report.html")):

@@ -243,6 +243,28 @@ def test_a_changed_recipe_is_refused_naming_each_setting_that_changed(tmp_path):
     assert "columns" not in message and "keep its old path" in message
 
 
+def test_an_adapter_that_keeps_changing_is_trained_again_a_bounded_number_of_times_then_named(tmp_path, monkeypatch):
+    from donors.execute import local
+
+    config = StudyConfig(models=["m"], tasks=["number_words"], languages=["en"], seeds=[1], output_dir=tmp_path)
+    state = ModelState("m", Cell("number_words", "en"), 1)
+    calls, log = [], io.StringIO()
+    with ResultsStore(tmp_path / "results.sqlite") as store:
+        executor = local.LocalExecutor(config, store, None, Console(file=log, width=400))
+
+        def evaluate(model, base_only=False, states=None):
+            calls.append(("evaluate", states))
+            return set() if base_only else {state}  # its files change every time it is stored
+
+        monkeypatch.setattr(executor, "evaluate", evaluate)
+        monkeypatch.setattr(executor, "train", lambda model, only=None: calls.append(("train", only)))
+        monkeypatch.setattr(executor, "warn_if_collapsed", lambda model: None)
+        executor.run()
+    again = [("train", {state.state_id}), ("evaluate", [state])] * local.RETRAIN_ROUNDS
+    assert calls == [("evaluate", None), ("train", None), ("evaluate", None), *again]  # only the changed one, then it stops
+    assert f"m|number_words/en|seed1 changed after being trained again {local.RETRAIN_ROUNDS} times in this run" in log.getvalue()
+
+
 # -- on the embedded model ----------------------------------------------------------------------
 
 

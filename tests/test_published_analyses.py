@@ -119,12 +119,26 @@ def hand() -> pd.DataFrame:
 
 def test_load_reads_csv_with_na_sources(tmp_path):
     table = results_table(SMALL_MODELS, ["a"], ["x", "y"], seed=0)
-    table.loc[0, ["fine_tuned_dataset", "fine_tuned_language"]] = "n/a"
+    table.loc[0, ["fine_tuned_dataset", "fine_tuned_language", "regime"]] = "n/a"
+    table.loc[1, ["fine_tuned_dataset", "fine_tuned_language", "regime"]] = ["NA", "nan", ""]  # how R and pandas write missing
+    table["score_std"] = table["score_std"].astype(object)
+    table.loc[2, "score_std"] = "#NA"  # pandas' missing-value text in a number column
     path = tmp_path / "results.csv"
     table.to_csv(path, index=False)
     loaded = load_results_table(path)
-    assert loaded.loc[0, ["fine_tuned_dataset", "fine_tuned_language"]].isna().all()
-    assert pd.isna(derive_regime(loaded).iloc[0])
+    assert loaded.loc[[0, 1], ["fine_tuned_dataset", "fine_tuned_language"]].isna().all().all()
+    assert derive_regime(loaded).iloc[:2].isna().all() and loaded["regime"].iloc[:2].isna().all()
+    assert pd.isna(loaded.loc[2, "score_std"])
+    # A regime's name on a row without a source would put a base-model row into O or T.
+    table.loc[0, "regime"] = "MT-ML"
+    table.to_csv(path, index=False)
+    with pytest.raises(ResultsTableError, match=r"row 2: 'MT-ML' where the keys say none \(the row has no source\)"):
+        load_results_table(path)
+    table = results_table(SMALL_MODELS, ["a"], ["x", "y"], seed=0)
+    table.loc[0, ["fine_tuned_dataset", "fine_tuned_language"]] = "n/a"
+    table.loc[0, "regime"] = ""
+    table.to_csv(path, index=False)
+    loaded = load_results_table(path)
     assert loaded["delta_score_norm_mean"].dtype == float
     assert np.allclose(loaded["delta_score_norm_mean"], table["delta_score_norm_mean"])
 

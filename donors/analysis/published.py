@@ -470,11 +470,23 @@ def run_published_analyses(
             curated_vs_translated_donor_correlation,
         ),
     }
-    tables: dict[str, pd.DataFrame] = {}
+    if no_rows is None:
+        sizes = [(df[TARGET_LANGUAGE].nunique(), "language"), (df[TARGET_TASK].nunique(), "task")]
+        few = " and ".join(f"one {noun}" for count, noun in sizes if count < 2)
+        no_rows = f"it gave no rows on this table{f' (it has {few})' if few else ''}: {NO_UNIT}"
+    tables: dict[str, pd.DataFrame | None] = {}
     skipped: list[tuple[str, str]] = []
+
+    def run(name: str, compute: Callable[[], pd.DataFrame]) -> None:
+        table = run_analysis(name, compute, skipped)
+        if table is not None and table.empty:  # said, not returned blank
+            skipped.append((name, no_rows))
+            table = None
+        tables[name] = table
+
     for name, step in steps.items():
         if name not in derived:
-            tables[name] = run_analysis(name, functools.partial(step, df), skipped)
+            run(name, functools.partial(step, df))
     for name, (parents, compute) in derived.items():
         missing = [parent for parent in parents if tables[parent] is None]
         if missing:  # it cannot run for its parents' reasons
@@ -482,16 +494,7 @@ def run_published_analyses(
             skipped.append((name, "; ".join(dict.fromkeys(reasons[parent] for parent in missing))))
             tables[name] = None
         else:
-            parent_tables = [tables[parent] for parent in parents]
-            tables[name] = run_analysis(name, functools.partial(compute, *parent_tables), skipped)
-    if no_rows is None:
-        sizes = [(df[TARGET_LANGUAGE].nunique(), "language"), (df[TARGET_TASK].nunique(), "task")]
-        few = " and ".join(f"one {noun}" for count, noun in sizes if count < 2)
-        no_rows = f"it gave no rows on this table{f' (it has {few})' if few else ''}: {NO_UNIT}"
-    for name, table in tables.items():
-        if table is not None and table.empty:
-            skipped.append((name, no_rows))
-            tables[name] = None
+            run(name, functools.partial(compute, *[tables[parent] for parent in parents]))
     out = {name: tables[name] for name in steps if tables[name] is not None}
     if skipped:
         order = list(steps)
@@ -504,7 +507,9 @@ def check_published_values(df: pd.DataFrame) -> pd.DataFrame:
 
     Row count, unique keys, regime label agreement and counts, the transfer-set mean,
     median, positive and harm rate, and each regime's mean, positive and harm rate, each
-    within an absolute 1e-9. Columns statistic, expected, got, ok.
+    within an absolute 1e-9. Columns statistic, expected, got, ok. A table with repeated
+    keys or labels that disagree with the keys is refused by :func:`load_results_table`
+    before this runs, so those two rows read 0 on every table it accepts.
     """
     df = load_results_table(df)
     transfer = delta_values(transfer_set(df))

@@ -32,6 +32,7 @@ from donors.analysis.constants import (
     POSITIVE,
     PUBLISHED_ROWS,
     REGIME,
+    REGIMES,
     REQUIRED_COLUMNS,
     SIZE,
     SIZE_LARGE_MIN,
@@ -254,10 +255,12 @@ def _checked_regime(frame: pd.DataFrame, origin: str, first_row: int | None) -> 
     derived = derive_regime(frame)
     stored = frame[REGIME].astype(object)
     stored = stored.where(stored.notna() & ~stored.astype(str).str.strip().str.lower().isin(MISSING_TEXT))
-    wrong = (stored.notna() & derived.notna() & (stored != derived)).to_numpy()
+    # A base-model row (no source) has no regime; a regime's name on it would put it in O or T.
+    wrong = (stored.notna() & (derived.notna() & (stored != derived) | derived.isna() & stored.isin(REGIMES))).to_numpy()
     if wrong.any():
         rows = np.flatnonzero(wrong)
-        shown = "; ".join(f"{_row(frame, i, first_row)}: {_quoted(stored.iat[i])} where the keys say {derived.iat[i]}" for i in rows[:5])
+        said = [derived.iat[i] if pd.notna(derived.iat[i]) else "none (the row has no source)" for i in rows[:5]]
+        shown = "; ".join(f"{_row(frame, i, first_row)}: {_quoted(stored.iat[i])} where the keys say {s}" for i, s in zip(rows, said))
         raise ResultsTableError(
             f"{origin}: {len(rows)} row(s) have a {REGIME} that is not what their keys imply ({shown}{'; ...' if len(rows) > 5 else ''}); "
             "the label is 2 x same task + same language: MT-ML (same task, same language), MT-CL (same task), CT-ML (same "
@@ -270,8 +273,10 @@ def _checked_regime(frame: pd.DataFrame, origin: str, first_row: int | None) -> 
 NUMERIC_COLUMNS = re.compile(r"(model_size|n_seeds|(delta_)?score(_norm)?(_base)?_(mean|std|se))")
 """The published schema's numeric columns (section 8): a value in one of them must be a number or missing."""
 
-MISSING_TEXT = frozenset({"", "n/a", "na", "nan", "-nan", "null", "none", "<na>", "#n/a"})
-"""Text that stands for a missing value (pandas reads these as missing in a CSV)."""
+MISSING_TEXT = frozenset(
+    {"", "n/a", "na", "nan", "-nan", "null", "none", "<na>", "#n/a", "#n/a n/a", "#na", "-1.#ind", "-1.#qnan", "1.#ind", "1.#qnan"}
+)
+"""Text that stands for a missing value in a number column, in any case (pandas' own list, lower-cased)."""
 
 
 def _is_numeric_column(column) -> bool:
@@ -309,12 +314,14 @@ def _read_csv(path: Path, origin: str) -> tuple[pd.DataFrame, pd.DataFrame]:
             f"{origin} is not a CSV table that can be read ({message}); every line must hold as many comma-separated "
             f"fields as the header, text with commas quoted; {advice}"
         ) from None
-    # Names as written: only an empty cell is missing ("NA" is Nauruan, "nan" may be a model's name),
-    # and n/a where a base-model row has no source, as the release reads it.
+    # Names as written: only an empty cell is missing ("NA" is Nauruan, "nan" may be a model's name).
+    # A row whose two source cells both read as missing (n/a, NA, nan, ...) is a base-model row.
     for column in text_columns:
         if column in frame:
-            missing = ("", MISSING_SOURCE) if column in (SOURCE_TASK, SOURCE_LANGUAGE) else ("",)
-            frame[column] = text[column].where(~text[column].isin(missing))
+            frame[column] = text[column].where(text[column] != "")
+    if SOURCE_TASK in frame and SOURCE_LANGUAGE in frame:
+        no_source = np.logical_and.reduce([text[c].str.strip().str.lower().isin(MISSING_TEXT) for c in (SOURCE_TASK, SOURCE_LANGUAGE)])
+        frame.loc[no_source, [SOURCE_TASK, SOURCE_LANGUAGE]] = np.nan
     return frame, text
 
 

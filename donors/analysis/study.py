@@ -241,9 +241,9 @@ def study_tables(
 
     Each analysis runs on its own: one that raises is left out and listed, with its reason,
     in the last table ``skipped_analyses`` (columns analysis, reason), which is there only
-    when something was skipped (see :func:`run_published_analyses`). With ``partial`` (a
-    study not yet complete) an analysis whose table comes out empty is listed there too
-    (:data:`NO_ROWS`), not written blank. ``curated``: the human-translated tasks (A4, A11, A15).
+    when something was skipped (see :func:`run_published_analyses`). A published analysis
+    whose table comes out empty is listed there too, not written blank; with ``partial`` (a
+    study not yet complete) every such analysis is, for the reason :data:`NO_ROWS`. ``curated``: the human-translated tasks (A4, A11, A15).
     """
     tables = run_published_analyses(results, curated=curated, no_rows=NO_ROWS if partial else None)
     skipped = list(tables.pop(SKIPPED_ANALYSES, skipped_table([])).itertuples(index=False, name=None))

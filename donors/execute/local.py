@@ -23,6 +23,9 @@ from donors.store import ResultsStore
 from donors.tasks.data import StudyData
 from donors.train.lora import AdapterChanged
 
+RETRAIN_ROUNDS = 2
+"""Times a run trains again the adapters whose files changed under it, before it says so and leaves them."""
+
 
 def _progress(console: Console) -> Progress:
     return Progress(
@@ -43,8 +46,9 @@ class LocalExecutor:
         self.data = data
         self.console = console or Console(stderr=True)
 
-    def train(self, model: str) -> None:
-        jobs = [job for job in pending_train_jobs(self.config, self.store) if job.model == model]
+    def train(self, model: str, only: set[str] | None = None) -> None:
+        """Train ``model``'s adapters the store lacks (``only``: those of these job ids)."""
+        jobs = [job for job in pending_train_jobs(self.config, self.store) if job.model == model and (only is None or job.job_id in only)]
         self.console.print(f"[bold]train[/bold] {model}: {len(jobs)} adapter(s) to train")
         if not jobs:
             return
@@ -76,15 +80,16 @@ class LocalExecutor:
                 progress.remove_task(bar)
                 progress.advance(overall)
 
-    def evaluate(self, model: str, *, base_only: bool = False) -> int:
-        """Score what is left of ``model``; returns how many adapters were discarded because their files changed."""
-        states = model_states(self.config, model)[:1] if base_only else model_states(self.config, model)
+    def evaluate(self, model: str, *, base_only: bool = False, states: list[ModelState] | None = None) -> set[ModelState]:
+        """Score what is left of ``model`` (``states``: of these only); returns the states whose adapters changed, now discarded."""
+        if states is None:
+            states = model_states(self.config, model)[:1] if base_only else model_states(self.config, model)
         work = pending_eval_work(self.config, self.store, states)
         n_pairs = sum(len(unit.targets) for unit in work)
         what = "base model: " if base_only else ""
         self.console.print(f"[bold]evaluate[/bold] {model}: {what}{n_pairs} (model state, target) pair(s) to score")
         if not work:
-            return 0
+            return set()
         changed: set[ModelState] = set()
         with _progress(self.console) as progress:
             bar = progress.add_task(f"evaluate {model}", total=sum(len(self.data.test[t]) for unit in work for t in unit.targets))
@@ -95,7 +100,7 @@ class LocalExecutor:
                         changed.add(state)
                         (unit,) = [unit for unit in work if unit.state == state]
                         line = discard_changed_adapter(self.store, state, unit.targets, error)
-                        progress.console.print(f"[yellow]warning:[/yellow] {line}", soft_wrap=True)
+                        progress.console.print(f"[yellow]warning:[/yellow] {line}; it is trained again", soft_wrap=True)
                     return
                 self.store.record_failure(EvalJob(state, target).job_id, "eval", describe(error))
                 progress.console.print(f"[red]evaluation failed[/red] {state.state_id} on {target}: {error}")
@@ -112,7 +117,7 @@ class LocalExecutor:
             )
         scored = n_pairs - sum(len(unit.targets) for unit in work if unit.state in changed)
         self.console.print(f"  scored {scored} pair(s) of {model}")
-        return len(changed)
+        return changed
 
     def warn_if_collapsed(self, model: str) -> None:
         """Say, before any training, that the base model answers by position on some targets."""
@@ -174,6 +179,15 @@ class LocalExecutor:
             self.evaluate(model, base_only=True)
             self.warn_if_collapsed(model)
             self.train(model)
-            if self.evaluate(model):  # adapters whose files changed were discarded: train and score them once more
-                self.train(model)
-                self.evaluate(model)
+            changed = self.evaluate(model)
+            for _ in range(RETRAIN_ROUNDS):  # adapters whose files changed were discarded: train and score them again
+                if not changed:
+                    break
+                self.train(model, only={state.state_id for state in changed})
+                changed = self.evaluate(model, states=sorted(changed, key=lambda s: s.state_id))
+            if changed:
+                self.console.print(
+                    f"[red]adapters changed again:[/red] {', '.join(sorted(s.state_id for s in changed))} changed after being "
+                    f"trained again {RETRAIN_ROUNDS} times in this run; find what writes to {self.config.adapter_storage}, then rerun",
+                    soft_wrap=True,
+                )

@@ -24,7 +24,8 @@ def digest_older_adapters(config: StudyConfig, store: ResultsStore) -> list[str]
     """Give every adapter stored before digests were (and with targets left) its digest now; discard any whose files are gone.
 
     Stored digests are checked where an adapter is loaded (:func:`donors.train.lora.verify_adapter`),
-    not here: the driver reads no adapter's weights at a restart. Returns one line per discarded adapter.
+    not here: at a restart the driver reads only these older adapters' weights, once. Returns one line
+    per discarded adapter.
     """
     lines = []
     targets = {(cell.task, cell.language) for cell in cells(config)}
@@ -35,19 +36,19 @@ def digest_older_adapters(config: StudyConfig, store: ResultsStore) -> list[str]
         try:
             store.set_adapter_digest(record.adapter_id, adapter_digest(config.adapter_storage / record.path))
         except AdapterFilesError as error:
-            lines.append(discard_changed_adapter(store, job.state, [], error))
+            lines.append(f"{discard_changed_adapter(store, job.state, [], error)}; it is trained again")
     return lines
 
 
 def discard_changed_adapter(store: ResultsStore, state: ModelState, targets: list[Cell], error: BaseException | str) -> str:
-    """Forget a state whose adapter's files changed or went (its scores too): it is trained, then scored, again.
+    """Forget a state whose adapter's files changed or went (its scores too): its training job is pending again.
 
     ``targets``: its (state, target) jobs handed out with the adapter, taken off the in-flight list.
     Returns the line to print.
     """
-    store.discard_adapter(state.state_id, f"{error}; discarded with its scores, trained again")
+    store.discard_adapter(state.state_id, f"{error}; discarded with its scores, to be trained again")
     store.clear_running([EvalJob(state, target).job_id for target in targets])
-    return f"{error}: discarded with its scores; it is trained again"
+    return f"{error}: discarded with its scores"
 
 
 def reconcile_data(store: ResultsStore, digests: dict[tuple[str, Cell], str], *, redo: bool = False) -> list[str]:

@@ -305,12 +305,16 @@ class RayExecutor:
             """Discard the adapter and train it again (a training attempt: retries are bounded), then score it."""
             unit.job_ids -= {EvalJob(state, t).job_id for t in targets}
             line = discard_changed_adapter(self.store, state, targets, problem)
-            self.console.print(f"[yellow]warning:[/yellow] {line}", soft_wrap=True)
             job = TrainJob(state.model, state.source, state.seed)
             attempts[job.job_id] += 1
             if attempts[job.job_id] > settings.max_retries:
-                self.console.print(f"[red]not trained again: {settings.max_retries} retries spent[/red] {job.job_id}")
+                self.console.print(
+                    f"[red]adapter changed:[/red] {line}; not trained again in this run ({settings.max_retries} retries spent): "
+                    "find what writes to its folder, then rerun",
+                    soft_wrap=True,
+                )
                 return
+            self.console.print(f"[yellow]warning:[/yellow] {line}; it is trained again", soft_wrap=True)
             finished_train.discard(job.job_id)
             self.store.mark_running([job.job_id], "train")
             queues[job.model].append(job)

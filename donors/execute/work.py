@@ -28,7 +28,7 @@ from donors.models import dtype_name, load_model, pick_device, pick_dtype
 from donors.records import AdapterRecord, ModelState, TargetResult
 from donors.tasks.data import fingerprint
 from donors.tasks.item import Item, stable_digest
-from donors.train.lora import AdapterFilesError, adapter_digest, check_adapter_loaded, train_lora, verify_adapter
+from donors.train.lora import AdapterChanged, AdapterFilesError, adapter_digest, check_adapter_loaded, train_lora, verify_adapter
 
 
 def library_versions() -> dict[str, str]:
@@ -262,6 +262,11 @@ def evaluate_states(
         else:
             try:
                 path = verify_adapter(unit.adapter_path, unit.adapter_sha256)  # safetensors, and the files that were stored
+            except AdapterChanged as error:  # never loaded, so the base is untouched: no reload
+                for target in unit.targets:
+                    on_failure(unit.state, target, error)
+                continue
+            try:
                 # The adapter in the base's dtype: what training's forward computed with (see FusedLoraLinear).
                 if peft_model is None:
                     peft_model = PeftModel.from_pretrained(base, path, adapter_name="current", autocast_adapter_dtype=False)

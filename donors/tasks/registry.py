@@ -6,6 +6,7 @@ options written under that task in the study config (a local task's paths, say).
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable, Protocol, runtime_checkable
 
 from donors.errors import DonorsError
@@ -30,6 +31,10 @@ _REGISTRY: dict[str, TaskFactory] = {}
 
 class UnknownTaskError(DonorsError, ValueError):
     """A task name nobody registered; the message lists the names that are."""
+
+
+class TaskOptionsError(DonorsError, TypeError):
+    """Options a task's factory does not take (a misspelt or missing one); the message lists those it takes."""
 
 
 def register_task(name: str) -> Callable[[TaskFactory], TaskFactory]:
@@ -67,4 +72,13 @@ def get_task(name: str, **options: Any) -> Task:
         factory = _REGISTRY[source or name]
     except KeyError:
         raise UnknownTaskError(f"unknown task {source or name!r}; registered tasks: {', '.join(sorted(_REGISTRY))}") from None
-    return factory(name=name, **options) if source else factory(**options)
+    arguments = {"name": name, **options} if source else options
+    try:
+        inspect.signature(factory).bind(**arguments)
+    except TypeError as error:
+        accepted = [p for p in inspect.signature(factory).parameters if p != "name"]
+        raise TaskOptionsError(
+            f"task {name!r} ({source or name}) cannot take these options: {error}; it takes "
+            f"{', '.join(accepted) or 'none'} (docs/local-tasks.md, `donors tasks`)"
+        ) from None
+    return factory(**arguments)
