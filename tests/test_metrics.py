@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from donors.analysis.metrics import MetricError, item_scores, target_scores
+from donors.analysis.metrics import MIN_PRIOR_ITEMS, MetricError, item_scores, target_scores
 from donors.analysis.paired import paired_significance
 from donors.evaluate import PermutedScorer, prediction, rotated, target_result
 from donors.records import ModelState
@@ -114,24 +114,30 @@ def test_prior_correction_removes_a_planted_prior_shift_and_keeps_a_planted_cont
     assert delta(learnt, "acc_debiased") > 15 and delta(learnt, "gold_prob") > 15
 
 
-def test_items_with_fewer_choices_are_corrected_over_their_own_choices():
-    """A target whose items have 3 and 4 options (as ARC-Challenge's have 3 to 5): each is scored over its own."""
+def test_items_of_each_option_count_are_corrected_by_their_own_prior():
+    """A target whose items have 3, 4 and 5 options (as ARC-Challenge's have): position C is the last of a 3-option
+    item and the middle of a 5-option one, so each option count gets its own prior; a count with too few items
+    (here 5) shares the target's pooled prior over its own positions."""
     rng = np.random.default_rng(7)
-    widths = np.array([3, 4] * 20)
+    widths = np.array([3, 4] * MIN_PRIOR_ITEMS + [5] * 3)
     gold = np.array([i % w for i, w in enumerate(widths)])
     rows = []
     for w, g in zip(widths, gold):
-        logits = rng.normal(0, 1, w) + np.array([1.0, 0.0, -0.5, 0.3][:w])  # a position bias
+        logits = rng.normal(0, 1, w) + np.array([1.0, 0.0, -0.5, 0.3, 0.6][:w])  # a position bias
         logits[g] += 2.0  # and content
         rows.append(list(logits - np.logaddexp.reduce(logits)))
     predictions = frame(np.zeros((len(gold), 1)), gold)
     predictions["logprobs"] = rows
-    # The definition, item by item: the prior of a position is its mean probability over the items that have it.
+    # The definition, item by item: a position's prior is its mean probability over the items that have it.
     probabilities = [np.exp(row) for row in rows]
-    prior = [np.mean([p[j] for p in probabilities if len(p) > j]) for j in range(4)]
+
+    def prior(members: list[np.ndarray], width: int) -> np.ndarray:
+        return np.array([np.mean([p[j] for p in members if len(p) > j]) for j in range(width)])
+
     expected_gold_prob, expected_correct = [], []
-    for p, g in zip(probabilities, gold):
-        own = p / (np.array(prior[: len(p)]) / sum(prior[: len(p)]))
+    for p, g, w in zip(probabilities, gold, widths):
+        same = [q for q in probabilities if len(q) == w]
+        own = p / prior(same if len(same) >= MIN_PRIOR_ITEMS else probabilities, w)
         own = own / own.sum()
         expected_gold_prob.append(own[g])
         expected_correct.append(float(own.argmax() == g))
@@ -139,6 +145,18 @@ def test_items_with_fewer_choices_are_corrected_over_their_own_choices():
     assert scores == pytest.approx(expected_gold_prob)
     assert item_scores(predictions, "acc_debiased")["score"].to_numpy() == pytest.approx(expected_correct)
     assert (scores[widths == 3] > 0).all(), "an item with fewer choices than the widest is not zeroed"
+
+
+@pytest.mark.parametrize("answer", ["first", "last"])
+def test_a_constant_answer_scores_chance_on_a_target_of_mixed_option_counts(answer):
+    widths = np.array([2, 4] * 40)
+    gold = np.array([(i // 2) % w for i, w in enumerate(widths)])  # balanced within each option count
+    rows = [[-0.1 if j == (0 if answer == "first" else w - 1) else -3.0 for j in range(w)] for w in widths]
+    predictions = frame(np.zeros((len(gold), 1)), gold)
+    predictions["logprobs"] = rows
+    chance = np.mean(1 / widths)
+    assert mean_score(predictions, "acc_debiased") == pytest.approx(chance)
+    assert mean_score(predictions, "gold_prob") == pytest.approx(chance)
 
 
 def test_permutation_metrics_follow_their_definition():

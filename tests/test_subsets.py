@@ -28,6 +28,25 @@ def test_each_position_is_within_one_of_equal_when_the_split_allows():
     assert counts[3] == 10 and sorted(counts.values()) == [10, 16, 17, 17]
 
 
+def test_items_of_each_option_count_keep_their_share_and_are_balanced_on_their_own():
+    """ARC mixes 3 to 5 options: position E exists only on 5-option items, so balancing across all would favour them."""
+    pool = [
+        Item(f"i{k:04d}", "t", "en", f"q{k}", tuple("abcdefg"[:width]), (k * 7) % width)
+        for k, width in enumerate([2] * 300 + [4] * 600 + [5] * 100)
+    ]
+    by_id = {item.id: item for item in pool}
+    chosen = [by_id[i] for i in balanced_ids(pool, 101)]
+    widths = Counter(len(item.choices) for item in chosen)
+    assert len(chosen) == 101 and widths == {2: 30, 4: 61, 5: 10}  # 30.3 / 60.6 / 10.1: largest remainders
+    for width in widths:
+        counts = Counter(item.answer_index for item in chosen if len(item.choices) == width)
+        assert set(counts) == set(range(width)) and max(counts.values()) - min(counts.values()) <= 1
+    # So answering the first option, or the last, scores chance: the mean of 1/k.
+    chance = sum(1 / len(item.choices) for item in chosen) / len(chosen)
+    for answer in (lambda item: 0, lambda item: len(item.choices) - 1):
+        assert abs(sum(item.answer_index == answer(item) for item in chosen) / len(chosen) - chance) < 0.02
+
+
 def test_the_choice_is_reproducible_and_does_not_depend_on_input_order():
     pool = items([k % 4 for k in range(100)])
     assert balanced_ids(pool, 20) == balanced_ids(list(reversed(pool)), 20)

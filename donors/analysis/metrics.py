@@ -130,15 +130,24 @@ def position_priors(probabilities: np.ndarray, groups: np.ndarray, present: np.n
     return prior / prior.sum(axis=1, keepdims=True)
 
 
-def debiased_probabilities(probabilities: np.ndarray, groups: np.ndarray, present: np.ndarray) -> np.ndarray:
-    """Each item's choice probabilities divided by its group's position prior, renormalised over its own choices.
+MIN_PRIOR_ITEMS = 20
+"""Items of one option count a (state, target) needs for a prior of its own; fewer share the target's pooled prior."""
 
-    A position an item lacks stays 0: it neither takes probability nor spoils the item's sum,
-    so an item with 3 choices beside items with 4 is corrected over its 3.
+
+def debiased_probabilities(probabilities: np.ndarray, groups: np.ndarray, present: np.ndarray) -> np.ndarray:
+    """Each item's choice probabilities divided by its position prior, renormalised over its own choices.
+
+    ``groups``: one code per (model state, target). Position C of a 3-option item is its last, of
+    a 5-option item its middle, so the prior is estimated per option count within a group; an
+    option count with fewer than :data:`MIN_PRIOR_ITEMS` items there uses the group's pooled
+    prior, normalised over the item's own positions. A position an item lacks stays 0.
     """
     if probabilities.size == 0:
         return probabilities
-    prior = position_priors(probabilities, groups, present)
+    widths = present.sum(axis=1)
+    by_width = np.unique(np.column_stack([groups, widths]), axis=0, return_inverse=True)[1].ravel()
+    own = np.bincount(by_width)[by_width] >= MIN_PRIOR_ITEMS
+    prior = np.where(own[:, None], position_priors(probabilities, by_width, present), position_priors(probabilities, groups, present))
     corrected = np.divide(probabilities, prior, out=np.zeros_like(probabilities), where=present & (prior > 0))
     total = corrected.sum(axis=1, keepdims=True)
     return np.divide(corrected, total, out=np.zeros_like(corrected), where=total > 0)
@@ -197,7 +206,10 @@ def item_scores(predictions: pd.DataFrame, metric: str) -> pd.DataFrame:
 
 def _permutation_scores(predictions: pd.DataFrame, *, strict: bool) -> pd.DataFrame:
     if "rotation" not in predictions or not (predictions["rotation"] > 0).any():
-        raise MetricError("the permutation metrics need every rotation scored: set eval.permutations: cyclic and rerun the study")
+        raise MetricError(
+            "the permutation metrics need every rotation of the options scored, which this study did not do: run its config with "
+            "eval.permutations: cyclic (lettered format only) into a new output_dir, or choose another --metric"
+        )
     correct = predictions.assign(score=(predictions["predicted"] == predictions["gold"]).astype(float))
     grouped = correct.groupby(STATE_TARGET_KEYS + ["item_id"], dropna=False, sort=False)["score"]
     out = (grouped.min() if strict else grouped.mean()).reset_index()

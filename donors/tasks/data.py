@@ -29,16 +29,35 @@ def fingerprint(items: list[Item]) -> str:
 def balanced_ids(items: list[Item], limit: int) -> list[str]:
     """``limit`` ids whose gold positions are as even as the items allow, chosen reproducibly.
 
-    Items are dealt by gold position (A, B, C, ...) in turn, each position's items in the order
-    of a SHA-256 digest of their id; a position that runs out leaves the rest to the others.
-    So each position is within one item of equal wherever the split has enough of it, and a
-    model that always answers one letter scores chance, not whatever a lopsided cut gives it.
+    Items with the same number of options are dealt by gold position (A, B, C, ...) in turn,
+    each position's items in the order of a SHA-256 digest of their id; a position that runs
+    out leaves the rest to the others. So each position is within one item of equal wherever
+    the split has enough of it, and a model that always answers one letter scores chance, not
+    whatever a lopsided cut gives it. Items with different numbers of options (ARC has 3 to 5)
+    keep the split's mix: each count gets its share of ``limit`` (largest remainders) and is
+    balanced on its own, as position E exists only on 5-option items.
     """
-    by_position: dict[int, list[Item]] = defaultdict(list)
-    for item in sorted(items, key=lambda item: (stable_digest(item.id), item.id)):
-        by_position[item.answer_index].append(item)
-    dealt = [item for turn in zip_longest(*(by_position[p] for p in sorted(by_position))) for item in turn if item is not None]
-    return [item.id for item in dealt[:limit]]
+    by_width: dict[int, list[Item]] = defaultdict(list)
+    for item in items:
+        by_width[len(item.choices)].append(item)
+    chosen = []
+    for width, quota in _shares(limit, {w: len(group) for w, group in by_width.items()}).items():
+        by_position: dict[int, list[Item]] = defaultdict(list)
+        for item in sorted(by_width[width], key=lambda item: (stable_digest(item.id), item.id)):
+            by_position[item.answer_index].append(item)
+        dealt = [item for turn in zip_longest(*(by_position[p] for p in sorted(by_position))) for item in turn if item is not None]
+        chosen += [item.id for item in dealt[:quota]]
+    return chosen
+
+
+def _shares(limit: int, sizes: dict[int, int]) -> dict[int, int]:
+    """``limit`` split over groups in proportion to their sizes, by largest remainders (ties: the smaller key first)."""
+    total = sum(sizes.values())
+    exact = {key: limit * size / total for key, size in sizes.items()}
+    shares = {key: int(value) for key, value in exact.items()}
+    for key in sorted(exact, key=lambda k: (shares[k] - exact[k], k))[: limit - sum(shares.values())]:
+        shares[key] += 1
+    return dict(sorted(shares.items()))
 
 
 def subsample(items: list[Item], limit: int | None, ids: list[str] | None = None) -> list[Item]:
