@@ -92,15 +92,16 @@ def test_an_older_store_gains_the_new_columns_and_its_option_counts(tmp_path):
         "predicted INTEGER, logprobs TEXT, PRIMARY KEY (state_id, target_task, target_language, item_id));"
         "CREATE TABLE scores (state_id TEXT, model TEXT, seed INTEGER, source_task TEXT, source_language TEXT, target_task TEXT, "
         "target_language TEXT, n INTEGER, accuracy REAL, accuracy_norm REAL, PRIMARY KEY (state_id, target_task, target_language));"
-        "INSERT INTO scores VALUES ('m|base', 'm', NULL, NULL, NULL, 't', 'en', 3, 0.33, 0.33);"
+        "INSERT INTO scores VALUES ('m|base', 'm', NULL, NULL, NULL, 't', 'en', 4, 0.5, 0.5);"
         "INSERT INTO predictions VALUES ('m|base', 't', 'en', 'a', 0, 2, '[-3, -2, -1]'), ('m|base', 't', 'en', 'b', 1, 2, '[-3, -2, -1]'),"
-        "('m|base', 't', 'en', 'c', 2, 2, '[-3, -2, -1]');"
+        "('m|base', 't', 'en', 'c', 2, 2, '[-3, -2, -1]'), ('m|base', 't', 'en', 'd', 1, 0, '[-1, -2, -3, -4, -5]');"
     )
     db.commit()
     db.close()
     with ResultsStore(path) as store:
         row = store.scores().iloc[0]
-        assert row["predicted_counts"] == [0, 0, 3] and row["gold_counts"] == [1, 1, 1]
+        # As wide as the widest item, as a fresh store counts them (summarize), whichever row comes first.
+        assert row["predicted_counts"] == [1, 0, 3, 0, 0] and row["gold_counts"] == [1, 2, 1, 0, 0]
         predictions = store.item_predictions()
         assert predictions["predicted_norm"].isna().all() and predictions["logprobs"].iloc[0] == [-3, -2, -1]
 

@@ -222,10 +222,10 @@ class ResultsStore:
         ).fetchall()
         counts: dict[tuple, tuple[list[int], list[int]]] = {}
         for state_id, task, language, gold, predicted, logprobs in rows:
-            width = len(json.loads(logprobs))
-            predicted_counts, gold_counts = counts.setdefault((state_id, task, language), ([0] * width, [0] * width))
+            width = len(json.loads(logprobs))  # as summarize counts: as wide as the widest item of the target
+            predicted_counts, gold_counts = counts.setdefault((state_id, task, language), ([], []))
             for tally, index in ((predicted_counts, predicted), (gold_counts, gold)):
-                tally.extend([0] * (index + 1 - len(tally)))
+                tally.extend([0] * (width - len(tally)))
                 tally[index] += 1
         with self._transaction() as db:
             db.executemany(
