@@ -301,8 +301,8 @@ def analysis_of(source: str | Path, *, metric: str | None = None, curated: Colle
     from donors.analysis.transfer import results_table
 
     source = Path(source)
-    curated = CURATED_DATASETS if curated is None else frozenset(curated)
     if not source.is_dir():
+        curated = CURATED_DATASETS if curated is None else frozenset(curated)
         if metric is not None:
             raise ConfigError(f"--metric needs a study directory with stored predictions; {source} is a results table")
         results = load_results_table(source)
@@ -310,6 +310,9 @@ def analysis_of(source: str | Path, *, metric: str | None = None, curated: Colle
         tables = {GRID_COVERAGE: coverage_table(coverage), **study_tables(results, curated=curated)}
         return Analysis(tables, results, results, "delta_score_norm", "delta_score_norm", coverage, None)
     settings = _study_settings(source)
+    if curated is None:  # the study's own (config `curated:`), unless --curated says otherwise
+        curated = (settings or {}).get("curated", CURATED_DATASETS)
+    curated = frozenset(curated)
     published = _published_metric(settings)
     metric = check_metric(metric or published)
     scores, predictions, adapter_ids, adapter_dtypes = _read_store(source)

@@ -95,6 +95,8 @@ def test_training_and_evaluation_formats_must_agree_unless_the_config_says_so():
         config_from_dict({**base, "eval": {"prompt_format": "continuation", "permutations": "cyclic"}})
     # Options at their defaults leave the recipe as older stores recorded it.
     assert "prompt_format" not in config_from_dict(base).recipe()["train"] and "permutations" not in config_from_dict(base).recipe()["eval"]
+    # Which tasks the analyses call human-translated changes no adapter or score: a study resumes under another list.
+    assert config_from_dict({**base, "curated": ["number_words"]}).recipe_hash() == config_from_dict(base).recipe_hash()
 
 
 def test_an_output_dir_with_other_files_is_refused_and_left_as_it_was(tmp_path):

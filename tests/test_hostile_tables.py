@@ -8,6 +8,7 @@ lists what it could not compute; a bug is one ``internal error`` line, its trace
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import tempfile
@@ -402,6 +403,19 @@ def test_a_study_with_only_base_scores_lists_the_analyses_without_data(tmp_path)
     # One line per reason, naming every analysis it kept from running.
     (line,) = [line for line in " ".join(result.output.split()).split("warning: ") if "skipped: no data" in line]
     assert result.exit_code == 0 and "pareto_profiles" in line and "task_transfer_matrix" in line
+
+
+def test_a_studys_curated_tasks_come_from_its_config_and_the_command_line_overrides_them(tmp_path):
+    study = make_study(tmp_path / "study", adapters=4)
+    settings = json.loads((study / "config.json").read_text())
+    assert settings["curated"] == ["global_mmlu"]  # the published default, which this study has no rows of
+    skipped = api.analyze(study).tables["skipped_analyses"].set_index("analysis")["reason"]
+    assert "global_mmlu this analysis reads" in skipped["variance_decomposition_global_mmlu"]
+    (study / "config.json").write_text(json.dumps({**settings, "curated": ["number_words"]}))
+    tables = api.analyze(study).tables
+    assert "language_roles_curated" in tables and set(tables["language_roles_curated"]["lang"]) == set(LANGUAGES)
+    skipped = api.analyze(study, curated=["nothing_here"]).tables["skipped_analyses"].set_index("analysis")["reason"]
+    assert "dataset(s) nothing_here this analysis reads" in skipped["language_roles_curated"]
 
 
 def test_predict_on_a_study_with_only_base_scores_says_there_is_nothing_to_fit(tmp_path):

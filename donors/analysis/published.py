@@ -356,10 +356,13 @@ def published_analyses(*, curated: Collection[str] = CURATED_DATASETS) -> dict[s
     translated_roles = functools.partial(language_roles, datasets=curated, exclude=True)
 
     def require_curated(df: pd.DataFrame) -> pd.DataFrame:
+        if not curated:
+            raise InsufficientData("no task is named human-translated (curated: []), and this analysis reads those")
         if not touches_curated(df, curated).any():
             raise InsufficientData(
                 f"the table has no rows of the human-translated dataset(s) {', '.join(sorted(curated))} this analysis reads "
-                "(the published study's curated benchmark); name yours with --curated TASK (api: curated=[...])"
+                "(the published study's curated benchmark); name yours with --curated TASK or the config's curated: "
+                "(api: curated=[...])"
             )
         return df
 
