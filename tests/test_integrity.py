@@ -252,16 +252,17 @@ def test_an_adapter_that_keeps_changing_is_trained_again_a_bounded_number_of_tim
     with ResultsStore(tmp_path / "results.sqlite") as store:
         executor = local.LocalExecutor(config, store, None, Console(file=log, width=400))
 
-        def evaluate(model, base_only=False, states=None):
-            calls.append(("evaluate", states))
+        def evaluate(model, base_only=False, states=None, last_round=False):
+            calls.append(("evaluate", states, last_round))
             return set() if base_only else {state}  # its files change every time it is stored
 
         monkeypatch.setattr(executor, "evaluate", evaluate)
         monkeypatch.setattr(executor, "train", lambda model, only=None: calls.append(("train", only)))
         monkeypatch.setattr(executor, "warn_if_collapsed", lambda model: None)
         executor.run()
-    again = [("train", {state.state_id}), ("evaluate", [state])] * local.RETRAIN_ROUNDS
-    assert calls == [("evaluate", None), ("train", None), ("evaluate", None), *again]  # only the changed one, then it stops
+    again = [("train", {state.state_id}), ("evaluate", [state], False)] * (local.RETRAIN_ROUNDS - 1)
+    last = [("train", {state.state_id}), ("evaluate", [state], True)]  # its discard says it is not trained again
+    assert calls == [("evaluate", None, False), ("train", None), ("evaluate", None, False), *again, *last]
     assert f"m|number_words/en|seed1 changed after being trained again {local.RETRAIN_ROUNDS} times in this run" in log.getvalue()
 
 

@@ -80,8 +80,13 @@ class LocalExecutor:
                 progress.remove_task(bar)
                 progress.advance(overall)
 
-    def evaluate(self, model: str, *, base_only: bool = False, states: list[ModelState] | None = None) -> set[ModelState]:
-        """Score what is left of ``model`` (``states``: of these only); returns the states whose adapters changed, now discarded."""
+    def evaluate(
+        self, model: str, *, base_only: bool = False, states: list[ModelState] | None = None, last_round: bool = False
+    ) -> set[ModelState]:
+        """Score what is left of ``model`` (``states``: of these only); returns the states whose adapters changed, now discarded.
+
+        ``last_round``: a changed adapter is not trained again in this run (it changed too often).
+        """
         if states is None:
             states = model_states(self.config, model)[:1] if base_only else model_states(self.config, model)
         work = pending_eval_work(self.config, self.store, states)
@@ -100,7 +105,8 @@ class LocalExecutor:
                         changed.add(state)
                         (unit,) = [unit for unit in work if unit.state == state]
                         line = discard_changed_adapter(self.store, state, unit.targets, error)
-                        progress.console.print(f"[yellow]warning:[/yellow] {line}; it is trained again", soft_wrap=True)
+                        then = "not trained again in this run" if last_round else "it is trained again"
+                        progress.console.print(f"[yellow]warning:[/yellow] {line}; {then}", soft_wrap=True)
                     return
                 self.store.record_failure(EvalJob(state, target).job_id, "eval", describe(error))
                 progress.console.print(f"[red]evaluation failed[/red] {state.state_id} on {target}: {error}")
@@ -180,11 +186,12 @@ class LocalExecutor:
             self.warn_if_collapsed(model)
             self.train(model)
             changed = self.evaluate(model)
-            for _ in range(RETRAIN_ROUNDS):  # adapters whose files changed were discarded: train and score them again
+            for round_ in range(1, RETRAIN_ROUNDS + 1):  # adapters whose files changed were discarded: train and score them again
                 if not changed:
                     break
                 self.train(model, only={state.state_id for state in changed})
-                changed = self.evaluate(model, states=sorted(changed, key=lambda s: s.state_id))
+                states = sorted(changed, key=lambda s: s.state_id)
+                changed = self.evaluate(model, states=states, last_round=round_ == RETRAIN_ROUNDS)
             if changed:
                 self.console.print(
                     f"[red]adapters changed again:[/red] {', '.join(sorted(s.state_id for s in changed))} changed after being "
