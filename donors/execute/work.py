@@ -28,7 +28,7 @@ from donors.models import dtype_name, load_model, pick_device, pick_dtype
 from donors.records import AdapterRecord, ModelState, TargetResult
 from donors.tasks.data import fingerprint
 from donors.tasks.item import Item, stable_digest
-from donors.train.lora import AdapterChanged, AdapterFilesError, adapter_digest, check_adapter_loaded, train_lora, verify_adapter
+from donors.train.lora import AdapterChanged, adapter_digest, check_adapter_loaded, train_lora, verify_adapter
 
 
 def library_versions() -> dict[str, str]:
@@ -317,7 +317,7 @@ def _evaluate_with_vllm(config, model_name, work, test_items, on_result, on_fail
     for unit in work:
         try:
             path = None if unit.state.is_base else str(verify_adapter(unit.adapter_path, unit.adapter_sha256))
-        except AdapterFilesError as error:
+        except AdapterChanged as error:
             for target in unit.targets:
                 on_failure(unit.state, target, error)
             continue
