@@ -153,6 +153,31 @@ def test_the_one_pass_head_loss_in_bf16_never_goes_below_zero_and_refuses_bad_la
         linear_cross_entropy(hidden[:2], head, torch.tensor([3, -100]))
 
 
+def test_the_one_pass_head_loss_in_bf16_multiplies_in_the_heads_dtype_as_a_plain_loss_does(monkeypatch):
+    """No fp32 copy of the head (on a GPU it made the loss 5x slower than a plain one); no less accurate than plain bf16."""
+    generator = torch.Generator().manual_seed(1)
+    head = torch.nn.Linear(64, 4096, bias=False, dtype=torch.bfloat16).requires_grad_(False)
+    with torch.no_grad():
+        head.weight.copy_(torch.randn(4096, 64, generator=generator) / 8)
+    labels = torch.randint(4096, (12,), generator=generator)
+    states = torch.randn(12, 64, generator=generator).bfloat16()
+
+    def gradient(loss_fn, hidden=states):
+        hidden = hidden.clone().requires_grad_()
+        loss_fn(hidden).backward()
+        return hidden.grad.float()
+
+    exact = gradient(lambda h: torch.nn.functional.cross_entropy(h @ head.weight.float().T, labels, reduction="sum"), states.float())
+    plain = gradient(lambda h: torch.nn.functional.cross_entropy(head(h).float(), labels, reduction="sum"))
+    upcast, original = [], torch.Tensor.float
+    monkeypatch.setattr(torch.Tensor, "float", lambda self, *a, **k: (upcast.append(self.numel()), original(self, *a, **k))[1])
+    ours = gradient(lambda h: linear_cross_entropy(h, head, labels, chunk_rows=1000))
+    monkeypatch.undo()
+    assert upcast and max(upcast) < 1000 * 64  # the chunks' logits and the label rows, never a chunk of the head
+    error = {name: ((g - exact).norm() / exact.norm()).item() for name, g in (("ours", ours), ("plain", plain))}
+    assert error["ours"] < max(2 * error["plain"], 1e-2), error
+
+
 def test_split_is_ninety_ten_like_the_published_recipe():
     items = get_task("number_words").load("en", "train")[:300]
     train, validation = split_train_validation(items, 0.1, 42)
