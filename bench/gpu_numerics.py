@@ -5,7 +5,7 @@ Gemma-3-4b's), so nothing is downloaded. Parts (``--parts``):
 
 - ``head-loss``: the one-pass head loss (``donors.train.loss``) against a plain fp32
   cross-entropy over bf16 logits at vocabulary 262,144 (Gemma 3), forward + backward: ms and
-  peak memory, for 16 to 4,096 answer rows.
+  peak memory, for 16 to 4,096 answer rows, and which of the two donors takes there.
 - ``determinism``: training Llama-3.2-1B's shape with deterministic kernels on and off
   (``train.deterministic``): seconds for the same steps, their ratio (the cost the README
   states), and whether two runs of each give byte-identical adapters.
@@ -18,6 +18,11 @@ Gemma-3-4b's), so nothing is downloaded. Parts (``--parts``):
 - ``token-budget``: scoring with ``native.token_budget`` on the 1B and 8B shapes at long prompts:
   the budget, the widest batch it allowed, and the peak memory over the weights as a share of
   what the budget assumed (``GPU_MEMORY_SHARE`` of the memory the weights leave).
+- ``train-profile``: one ``train_lora`` call on Llama-3.2-1B's shape under the profiler: the
+  share of the wall time the device's kernels are busy, kernels launched per step, and the
+  operators that take the most device and host time.
+- ``gpu-sharing``: 1, 2 and 4 processes training Llama-3.2-1B's shape on the one device at once:
+  their tokens/s together, what ``ray.gpus_per_job`` below 1 buys for a host-bound small model.
 
     python3 bench/gpu_numerics.py --tokenizer DIR [--parts head-loss determinism ...]
     .venv/bin/python bench/gpu_numerics.py --tiny     # anywhere: small shapes, to check it runs
@@ -40,14 +45,14 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from gpu_throughput import SHAPES, build, items, load_bench_tokenizer, peak_memory_gib, sync  # noqa: E402
+from gpu_throughput import SHAPES, build, items, load_bench_tokenizer, n_tokens, peak_memory_gib, sync  # noqa: E402
 
 from donors.config import LoraConfig, TrainConfig  # noqa: E402
 from donors.evaluate import native  # noqa: E402
 from donors.execute.work import CUBLAS_WORKSPACE, deterministic_training  # noqa: E402
 from donors.models import load_model, pick_dtype  # noqa: E402
 from donors.train.lora import peft_lora_config, train_lora  # noqa: E402
-from donors.train.loss import chunk_rows_for, linear_cross_entropy  # noqa: E402
+from donors.train.loss import chunk_rows_for, one_pass_cross_entropy, one_pass_pays  # noqa: E402
 
 GEMMA_4B_TEXT = dict(
     hidden_size=2560,
@@ -84,25 +89,26 @@ def head_loss(args, device, dtype) -> None:
     vocab, width = (4096, 256) if args.tiny else (262144, 2560)
     head = torch.nn.Linear(width, vocab, bias=False, device=device, dtype=dtype).requires_grad_(False)  # frozen, as under LoRA
     print(f"\n## head loss, vocabulary {vocab:,} x {width} in {dtype} (chunk rows here: {chunk_rows_for(device, width):,})\n")
-    print("| answer rows | one-pass ms | one-pass peak GiB | plain fp32 CE ms | plain peak GiB |")
-    print("|---:|---:|---:|---:|---:|")
+    print("| answer rows | one-pass ms | one-pass peak GiB | plain fp32 CE ms | plain peak GiB | donors takes |")
+    print("|---:|---:|---:|---:|---:|---|")
     for rows in (16, 256, 4096):
         labels = torch.randint(vocab, (rows,), device=device)
         hidden = (torch.randn(rows, width, device=device, dtype=dtype)).requires_grad_()
 
-        def ours():
-            linear_cross_entropy(hidden, head, labels).backward()
+        def one_pass():
+            one_pass_cross_entropy(hidden, head.weight, labels).backward()
 
         def plain():
             F.cross_entropy(head(hidden).float(), labels, reduction="sum").backward()
 
         timings = {}
-        for name, run in (("ours", ours), ("plain", plain)):
+        for name, run in (("one_pass", one_pass), ("plain", plain)):
             run()  # warm-up
             reset_peak(device)
             timings[name] = (min(clock(device, run) for _ in range(5)) * 1e3, peak_memory_gib(device))
-        (a, am), (b, bm) = timings["ours"], timings["plain"]
-        print(f"| {rows:,} | {a:.2f} | {am:.2f} | {b:.2f} | {bm:.2f} |", flush=True)
+        (a, am), (b, bm) = timings["one_pass"], timings["plain"]
+        taken = "one pass" if one_pass_pays(device, rows, vocab) else "plain"
+        print(f"| {rows:,} | {a:.2f} | {am:.2f} | {b:.2f} | {bm:.2f} | {taken} |", flush=True)
 
 
 def _digest(folder: Path) -> str:
@@ -157,6 +163,78 @@ def determinism_run(args, device, dtype, tokenizer, enabled: bool) -> None:
             digests.append(_digest(folder))
             recorded = outcome["deterministic"]
     print(f"| {enabled} | {min(runs):.2f} | {digests[0] == digests[1]} | {recorded} |", flush=True)
+
+
+def train_profile(args, device, dtype, tokenizer) -> None:
+    """Where a training step's time goes: the device's busy share of the wall time, and the busiest operators."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    model = build("llama-3.2-1b", args.tiny, device, dtype)
+    train = TrainConfig(epochs=1, batch_size=8, validation_fraction=0.0, max_length=512, warmup_ratio=0.0)
+    data = items(8 * args.steps, 40 if args.tiny else 200, seed=1)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with tempfile.TemporaryDirectory() as out:
+        train_lora(model, tokenizer, data[:8], lora=LoraConfig(), train=train, seed=0, output_dir=Path(out) / "warm")
+        with profile(activities=activities) as profiled:
+            seconds = clock(
+                device, lambda: train_lora(model, tokenizer, data, lora=LoraConfig(), train=train, seed=0, output_dir=Path(out) / "p")
+            )
+    kernels = [event for event in profiled.events() if event.device_type == DeviceType.CUDA]
+    busy = sum(event.time_range.elapsed_us() for event in kernels) / 1e6
+    print(f"\n## where training time goes, llama-3.2-1b shape, {args.steps} steps of 8 x ~250 tokens, {dtype}\n")
+    print(f"- wall {seconds:.2f} s for one train_lora call; device kernels busy {busy:.2f} s ({busy / seconds:.0%})")
+    print(f"- kernels launched: {len(kernels):,} ({len(kernels) / args.steps:,.0f} a step)\n")
+    sort = "self_device_time_total" if kernels else "self_cpu_time_total"
+    print(profiled.key_averages().table(sort_by=sort, row_limit=14, max_name_column_width=60))
+    print(profiled.key_averages().table(sort_by="cpu_time_total", row_limit=14, max_name_column_width=60), flush=True)
+
+
+SHARE = "DONORS_BENCH_SHARE_START"
+"""Set in the processes of the gpu-sharing part: the wall-clock time at which they all start training."""
+SHARE_STARTUP_S = 30
+"""Seconds the sharing processes are given to import, build their model and warm up before they start together."""
+
+
+def gpu_sharing(args, device, dtype, tokenizer) -> None:
+    """1, 2 and 4 processes training at once on one device: what ``ray.gpus_per_job`` below 1 buys."""
+    if SHARE in os.environ:
+        sharing_run(args, device, dtype, tokenizer)
+        return
+    print(f"\n## processes sharing one device, each training llama-3.2-1b's shape, {args.steps} steps of 8 x ~250 tokens\n")
+    print("| processes | tokens/s, all together | tokens/s each | over one process |")
+    print("|---:|---:|---:|---:|")
+    alone = None
+    for n in (1, 2, 4):
+        command = [sys.executable, __file__, "--parts", "gpu-sharing", "--steps", str(args.steps), "--dtype", args.dtype]
+        command += (["--tiny"] if args.tiny else []) + (["--tokenizer", str(args.tokenizer)] if args.tokenizer else [])
+        env = {**os.environ, SHARE: str(time.time() + SHARE_STARTUP_S)}
+        children = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(n)]
+        outputs = [child.communicate() for child in children]
+        rows = [line.split()[1:] for out, _ in outputs for line in out.splitlines() if line.startswith("share ")]
+        if len(rows) != n or any(child.returncode for child in children):
+            errors = [line for _, err in outputs for line in err.strip().splitlines()[-1:]]
+            print(f"| {n} | failed: {errors[-1] if errors else '?'} | | |", flush=True)
+            continue
+        tokens, starts, ends = (sum(int(r[0]) for r in rows), min(float(r[1]) for r in rows), max(float(r[2]) for r in rows))
+        rate = tokens / (ends - starts)
+        alone = alone or rate
+        print(f"| {n} | {rate:,.0f} | {rate / n:,.0f} | {rate / alone:.2f}x |", flush=True)
+
+
+def sharing_run(args, device, dtype, tokenizer) -> None:
+    model = build("llama-3.2-1b", args.tiny, device, dtype)
+    train = TrainConfig(epochs=1, batch_size=8, validation_fraction=0.0, max_length=512, warmup_ratio=0.0)
+    data = items(8 * args.steps, 40 if args.tiny else 200, seed=1)
+    with tempfile.TemporaryDirectory() as out:
+        train_lora(model, tokenizer, data[:8], lora=LoraConfig(), train=train, seed=0, output_dir=Path(out) / "warm")
+        sync(device)
+        time.sleep(max(0.0, float(os.environ[SHARE]) - time.time()))
+        started = time.time()
+        train_lora(model, tokenizer, data, lora=LoraConfig(), train=train, seed=0, output_dir=Path(out) / "timed")
+        sync(device)
+        ended = time.time()
+    print(f"share {n_tokens(data, tokenizer, train.max_length)} {started} {ended}", flush=True)
 
 
 def memory_8b(args, device, dtype, tokenizer) -> None:
@@ -237,7 +315,7 @@ def budget(args, device, dtype, tokenizer) -> None:
         reset_peak(device)
 
 
-PARTS = ("head-loss", "determinism", "memory-8b", "gemma-4b", "token-budget")
+PARTS = ("head-loss", "determinism", "memory-8b", "gemma-4b", "token-budget", "train-profile", "gpu-sharing")
 
 
 def main() -> None:
@@ -251,7 +329,7 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = pick_dtype(args.dtype)
     named = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    if MODE not in os.environ:
+    if MODE not in os.environ and SHARE not in os.environ:
         print(f"device: {device} ({named}), {dtype}, torch {torch.__version__}")
     tokenizer = load_bench_tokenizer(args.tokenizer)
     for part in args.parts:
@@ -264,9 +342,13 @@ def main() -> None:
             memory_8b(args, device, dtype, tokenizer)
         elif part == "gemma-4b":
             gemma_4b(args, device)
-        else:
+        elif part == "token-budget":
             budget(args, device, dtype, tokenizer)
-        if MODE not in os.environ:
+        elif part == "train-profile":
+            train_profile(args, device, dtype, tokenizer)
+        else:
+            gpu_sharing(args, device, dtype, tokenizer)
+        if MODE not in os.environ and SHARE not in os.environ:
             print(f"\n({part}: {time.perf_counter() - started:.0f} s)", flush=True)
 
 
