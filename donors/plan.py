@@ -27,6 +27,11 @@ from donors.tasks.published import Benchmark, PublishedTask
 
 DEFAULT_TFLOPS = 989.0  # H100 SXM, dense bf16 tensor-core peak
 DEFAULT_MFU = 0.4
+HOST_BOUND_BELOW_B = 2.0
+"""Models under this many billion parameters were host-bound on a GPU at the published batch (8 x ~250 tokens): on one
+H200 (README, GPU figures) the 0.5B-1.2B shapes trained at 3-12% utilisation while Llama-3.1-8B's reached 48%."""
+HOST_BOUND_MFU = 0.03
+"""The lowest training utilisation measured there (Qwen2.5-0.5B's shape): how far a small model's hours can exceed the plan's."""
 CHARS_PER_TOKEN = 4.0
 CHAT_TEMPLATE_TOKENS = 30  # role headers plus a default system turn (Llama 3's dated header, Qwen's system prompt)
 TRAIN_FLOPS_PER_PARAM_TOKEN = 4.0
@@ -137,10 +142,17 @@ class StudyPlan:
             f"its task's max_length (else train.max_length){chat}",
             f"FLOPs: LoRA training {TRAIN_FLOPS_PER_PARAM_TOKEN:g} x params x tokens (forward + activation gradients; "
             f"frozen weights need no weight gradients), scoring {EVAL_FLOPS_PER_PARAM_TOKEN:g} x params x tokens; no padding",
-            f"GPU-hours: FLOPs / ({self.tflops:g} TFLOP/s x {self.mfu:.0%} utilisation), unmeasured: the peak is the "
-            "accelerator's data sheet and the utilisation an assumption until bench/gpu_throughput.py has run on your GPU "
-            "(it prints the --mfu to use); change with --tflops and --mfu",
+            f"GPU-hours: FLOPs / ({self.tflops:g} TFLOP/s x {self.mfu:.0%} utilisation): the peak is the accelerator's data "
+            "sheet; measured once on an H200 at the published batch (README, GPU figures), training reached 48% for "
+            "Llama-3.1-8B's shape but 3-12% for the 0.5B-1.2B shapes, whose steps wait on the host; bench/gpu_throughput.py "
+            "prints the --mfu for your GPU; change with --tflops and --mfu",
         ]
+        for model in self.models:
+            if model.params_billions < HOST_BOUND_BELOW_B and self.mfu > HOST_BOUND_MFU:
+                lines.append(
+                    f"host-bound: {model.model} ({model.params_billions:g}B): models this small reached 3-12% utilisation on "
+                    f"the H200, so its GPU-hours may be up to {self.mfu / HOST_BOUND_MFU:.0f}x the figure above"
+                )
         for task in self.tasks:
             if task.estimated:
                 lines.append(f"estimate: {task.task}: {task.note}")

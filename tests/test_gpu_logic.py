@@ -335,12 +335,16 @@ def test_local_refuses_a_gpu_it_cannot_use(monkeypatch):
 # --- benchmark: plan states that its GPU throughput is an assumption ---
 
 
-def test_plan_says_its_throughput_is_unmeasured_and_points_to_the_benchmark():
+def test_plan_states_the_measured_utilisation_points_to_the_benchmark_and_flags_host_bound_models():
     from donors.plan import plan
 
-    (line,) = [a for a in plan(config()).assumptions() if a.startswith("GPU-hours")]
-    assert "unmeasured" in line and "bench/gpu_throughput.py" in line and "989 TFLOP/s x 40% utilisation" in line
+    assumptions = plan(config()).assumptions()
+    (line,) = [a for a in assumptions if a.startswith("GPU-hours")]
+    assert "H200" in line and "bench/gpu_throughput.py" in line and "989 TFLOP/s x 40% utilisation" in line
     assert (Path(__file__).resolve().parent.parent / "bench" / "gpu_throughput.py").is_file()
+    (small,) = [a for a in assumptions if a.startswith("host-bound")]  # the embedded 135M model
+    assert "smollm2-135m" in small and "13x" in small
+    assert not [a for a in plan(config(), mfu=0.03).assumptions() if a.startswith("host-bound")]
 
 
 # --- item 8: evaluation work cut so that several GPUs share a (model, seed) ---
