@@ -508,3 +508,23 @@ def test_a_huge_csv_field_names_the_file_and_line(tmp_path: Path) -> None:
         handle.write('q99,"' + "x" * 200_000 + '",1,2,3,4,A,"[]",0\n')
     message = raised(quiz_task(path), ("en", "train"))
     assert f"{target}, line 6: cannot be read as CSV (field larger than field limit" in message
+
+
+def test_a_test_id_with_another_number_of_options_in_one_language_is_refused(tmp_path: Path) -> None:
+    """Same ids are not enough: an item that offers 3 options in German and 4 in English is not the same item."""
+    path = write_quiz(tmp_path / "data", languages=("en", "de"))
+    rows = quiz_rows("de", range(10, 13))
+    rows[1]["options"] = rows[1]["options"][:3]
+    write_rows(tmp_path / "data" / "de" / "test.jsonl", rows)
+    columns = {"id": "qid", "question": "stem", "choices": "options", "answer": "position"}
+    task = {"name": "quiz", "options": {"source": "files", "path": path, "languages": ["en", "de"], "columns": columns}}
+    task["options"]["answer_type"] = "index"
+    study = {"models": ["smollm2-135m"], "languages": ["en", "de"], "output_dir": str(tmp_path / "study"), "tasks": [task]}
+    (tmp_path / "study.yaml").write_text(json.dumps(study))
+    with pytest.raises(DataError) as error:
+        load_study_data(load_config(tmp_path / "study.yaml"))
+    message = str(error.value)
+    assert "task 'quiz': 1 test ids of 'de'" in message and "'q11' (3 options, 4 in en)" in message and "parallel" in message
+    rows[1]["options"] = quiz_rows("de", range(11, 12))[0]["options"]
+    write_rows(tmp_path / "data" / "de" / "test.jsonl", rows)
+    assert len(load_study_data(load_config(tmp_path / "study.yaml")).test) == 2

@@ -1,7 +1,7 @@
 """Load and check every item a study needs, before any compute.
 
 Checks that make a study's numbers meaningful: no empty split, no duplicate ids, train and
-test disjoint, and test sets parallel across languages (the same ids everywhere).
+test disjoint, and test sets parallel across languages (the same ids, with as many options, everywhere).
 """
 
 from __future__ import annotations
@@ -125,6 +125,7 @@ def load_study_data(config: StudyConfig, tasks: dict[str, Task] | None = None) -
     for name, task in tasks.items():
         check_languages(config, name, task)
         test_ids: dict[str, frozenset[str]] = {}
+        widths: dict[str, dict[str, int]] = {}
         # A cut keeps the same ids in every language: those balanced in the first language.
         chosen: dict[str, list[str] | None] = {"train": None, "test": None}
         for language in config.languages:
@@ -143,6 +144,7 @@ def load_study_data(config: StudyConfig, tasks: dict[str, Task] | None = None) -
             data.train[cell] = _cut(train, config.train.max_items, chosen["train"])
             data.test[cell] = subsample(test, config.eval.max_items, chosen["test"])
             test_ids[language] = frozenset(i.id for i in data.test[cell])
+            widths[language] = {i.id: len(i.choices) for i in data.test[cell]}
         reference_language, reference = next(iter(test_ids.items()))
         for language, ids in test_ids.items():
             if ids != reference:
@@ -153,4 +155,20 @@ def load_study_data(config: StudyConfig, tasks: dict[str, Task] | None = None) -
                     f"(only in {language}: {only_here}; only in {reference_language}: {only_there}); "
                     "test sets must be parallel: the same ids in every language"
                 )
+        _check_parallel_options(name, widths)
     return data
+
+
+def _check_parallel_options(task: str, widths: dict[str, dict[str, int]]) -> None:
+    """The same test id must offer as many options in every language: else it is not the same item, and its
+    chance level (and the balanced cut, made in the first language) differs between languages."""
+    reference_language, reference = next(iter(widths.items()))
+    for language, here in widths.items():
+        differing = sorted(item_id for item_id, width in here.items() if width != reference[item_id])
+        if differing:
+            shown = ", ".join(f"{i!r} ({here[i]} options, {reference[i]} in {reference_language})" for i in differing[:3])
+            raise DataError(
+                f"task {task!r}: {len(differing)} test ids of {language!r} have another number of options than in "
+                f"{reference_language!r}: {shown}{' ...' if len(differing) > 3 else ''}. Test sets must be parallel: give each id "
+                "the same options, translated, in every language, or remove those ids from every language"
+            )
