@@ -2,7 +2,8 @@
 # Issue 18's one prepared GPU run. Here: `bash scripts/gpu_bundle.sh`; then the device tool's
 # `run` with carry [".gpu"], timeout_s 600 and the command `bash scripts/gpu_session.sh`.
 # Each part runs under its own time limit (500 s if every one ran to its limit), so a part that
-# hangs costs only itself; about four minutes in all on an H200. Outputs land in $OUT.
+# hangs costs only itself; about five minutes in all on an H200 (4.4 measured before the
+# train-profile part was added). Outputs land in $OUT.
 # PARTS="head-loss:30 train-profile:60" runs only those numerics parts (after the throughput table).
 set -uo pipefail
 OUT=${OUT:-/tmp/donors-gpu}
