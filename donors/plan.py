@@ -147,12 +147,13 @@ class StudyPlan:
             "Llama-3.1-8B's shape but 3-12% for the 0.5B-1.2B shapes, whose steps wait on the host; bench/gpu_throughput.py "
             "prints the --mfu for your GPU; change with --tflops and --mfu",
         ]
-        for model in self.models:
-            if model.params_billions < HOST_BOUND_BELOW_B and self.mfu > HOST_BOUND_MFU:
-                lines.append(
-                    f"host-bound: {model.model} ({model.params_billions:g}B): models this small reached 3-12% utilisation on "
-                    f"the H200, so its GPU-hours may be up to {self.mfu / HOST_BOUND_MFU:.0f}x the figure above"
-                )
+        small = [f"{m.model} ({m.params_billions:g}B)" for m in self.models if m.params_billions < HOST_BOUND_BELOW_B]
+        if small and self.mfu > HOST_BOUND_MFU:
+            lines.append(
+                f"host-bound: {', '.join(small)}: the 0.5B-1.2B shapes measured on the H200 reached 3-12% utilisation, so "
+                f"the GPU-hours of models under {HOST_BOUND_BELOW_B:g}B parameters may be up to {self.mfu / HOST_BOUND_MFU:.0f}x "
+                "the figures above"
+            )
         for task in self.tasks:
             if task.estimated:
                 lines.append(f"estimate: {task.task}: {task.note}")
