@@ -7,6 +7,8 @@ study's own code paths: ``donors.train.lora.train_lora`` (LoRA r=32 on all seven
 projections, the one-pass head loss) for ``--steps`` optimiser steps of ``--batch``
 examples of about ``--length`` tokens, then the native scorer on ``--items`` lettered items.
 Random weights train and score at the speed trained ones do: the work is the same matmuls.
+Training runs with the default kernels, not the deterministic ones a study uses unless
+``train.deterministic: false`` (``bench/gpu_numerics.py --parts determinism`` measures their cost).
 
 Printed per model: tokens/s (training: the steady rate of optimiser steps, from two timed
 calls of different lengths, and apart from it the seconds each adapter pays once), peak device memory (on a CPU: the process's peak RSS), the
