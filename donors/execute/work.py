@@ -229,6 +229,24 @@ def weights_dtype(model) -> str:
     return dtype_name(next(model.parameters()).dtype)
 
 
+def _verified_adapters(
+    work: Sequence[StateWork], on_failure: Callable[[ModelState, Cell, BaseException], None]
+) -> Iterator[tuple[StateWork, Path | None]]:
+    """Each unit with its adapter's folder, checked (:func:`verify_adapter`) as the unit is reached; ``None`` for the base.
+
+    Lazy, so a scorer that loads adapters one by one checks each just before loading it. A unit
+    whose adapter is not the one stored fails its targets with :class:`AdapterChanged` and is skipped.
+    """
+    for unit in work:
+        try:
+            path = None if unit.state.is_base else verify_adapter(unit.adapter_path, unit.adapter_sha256)
+        except AdapterChanged as error:
+            for target in unit.targets:
+                on_failure(unit.state, target, error)
+            continue
+        yield unit, path
+
+
 def evaluate_states(
     config: StudyConfig,
     model_name: str,
@@ -255,17 +273,11 @@ def evaluate_states(
     backend = get_scorer(config.eval)
     dtype = weights_dtype(base)
     peft_model = None
-    for unit in work:
+    for unit, path in _verified_adapters(work, on_failure):  # a changed adapter is never loaded: the base is untouched
         if unit.state.is_base:
             scorer = peft_model or base
             context = peft_model.disable_adapter() if peft_model else nullcontext()
         else:
-            try:
-                path = verify_adapter(unit.adapter_path, unit.adapter_sha256)  # safetensors, and the files that were stored
-            except AdapterChanged as error:  # never loaded, so the base is untouched: no reload
-                for target in unit.targets:
-                    on_failure(unit.state, target, error)
-                continue
             try:
                 # The adapter in the base's dtype: what training's forward computed with (see FusedLoraLinear).
                 if peft_model is None:
@@ -313,15 +325,10 @@ def _evaluate_with_vllm(config, model_name, work, test_items, on_result, on_fail
     """
     from donors.evaluate.vllm_backend import VllmScorer
 
-    states = []
-    for unit in work:
-        try:
-            path = None if unit.state.is_base else str(verify_adapter(unit.adapter_path, unit.adapter_sha256))
-        except AdapterChanged as error:
-            for target in unit.targets:
-                on_failure(unit.state, target, error)
-            continue
-        states.append((unit.state, path, {target: test_items[target] for target in unit.targets}))
+    states = [
+        (unit.state, None if path is None else str(path), {target: test_items[target] for target in unit.targets})
+        for unit, path in _verified_adapters(work, on_failure)
+    ]
     pending = {(state, target) for state, _, items in states for target in items}
     try:
         free_device_memory()
