@@ -528,3 +528,36 @@ def test_a_test_id_with_another_number_of_options_in_one_language_is_refused(tmp
     rows[1]["options"] = quiz_rows("de", range(11, 12))[0]["options"]
     write_rows(tmp_path / "data" / "de" / "test.jsonl", rows)
     assert len(load_study_data(load_config(tmp_path / "study.yaml")).test) == 2
+
+
+class _ItemsTask:
+    """A task handed to load_study_data as it is: its items per (language, split), no file checks of its own."""
+
+    name, languages = "quiz", ("en", "de")
+
+    def __init__(self, items: dict[tuple[str, str], list]) -> None:
+        self.items = items
+
+    def load(self, language: str, split: str) -> list:
+        return self.items[(language, split)]
+
+
+def test_the_study_refuses_test_ids_that_differ_between_languages_of_any_task(tmp_path: Path) -> None:
+    """The study's own check, for tasks that do not check themselves (a FileTask does, earlier)."""
+    from donors.tasks.item import Item
+
+    def items(language: str, split: str, ids) -> list:
+        return [Item(f"{split}{n}", "quiz", language, f"{n} + 1 =", (str(n + 1), str(n)), 0) for n in ids]
+
+    task = _ItemsTask(
+        {
+            ("en", "train"): items("en", "train", range(3)),
+            ("de", "train"): items("de", "train", range(3)),
+            ("en", "test"): items("en", "test", [1, 2, 3]),
+            ("de", "test"): items("de", "test", [1, 2, 4]),
+        }
+    )
+    study = {"models": ["smollm2-135m"], "languages": ["en", "de"], "output_dir": str(tmp_path / "study"), "tasks": ["number_words"]}
+    (tmp_path / "study.yaml").write_text(json.dumps(study))
+    with pytest.raises(DataError, match=r"test ids of 'de' differ from 'en' \(only in de: \['test4'\]; only in en: \['test3'\]\)"):
+        load_study_data(load_config(tmp_path / "study.yaml"), tasks={"quiz": task})

@@ -124,8 +124,7 @@ def load_study_data(config: StudyConfig, tasks: dict[str, Task] | None = None) -
     data = StudyData()
     for name, task in tasks.items():
         check_languages(config, name, task)
-        test_ids: dict[str, frozenset[str]] = {}
-        widths: dict[str, dict[str, int]] = {}
+        widths: dict[str, dict[str, int]] = {}  # language -> test id -> its number of options
         # A cut keeps the same ids in every language: those balanced in the first language.
         chosen: dict[str, list[str] | None] = {"train": None, "test": None}
         for language in config.languages:
@@ -143,27 +142,24 @@ def load_study_data(config: StudyConfig, tasks: dict[str, Task] | None = None) -
                     chosen[split] = balanced_ids(items, limit)
             data.train[cell] = _cut(train, config.train.max_items, chosen["train"])
             data.test[cell] = subsample(test, config.eval.max_items, chosen["test"])
-            test_ids[language] = frozenset(i.id for i in data.test[cell])
             widths[language] = {i.id: len(i.choices) for i in data.test[cell]}
-        reference_language, reference = next(iter(test_ids.items()))
-        for language, ids in test_ids.items():
-            if ids != reference:
-                only_here = sorted(ids - reference)[:3]
-                only_there = sorted(reference - ids)[:3]
-                raise DataError(
-                    f"task {name!r}: test ids of {language!r} differ from {reference_language!r} "
-                    f"(only in {language}: {only_here}; only in {reference_language}: {only_there}); "
-                    "test sets must be parallel: the same ids in every language"
-                )
-        _check_parallel_options(name, widths)
+        _check_parallel(name, widths)
     return data
 
 
-def _check_parallel_options(task: str, widths: dict[str, dict[str, int]]) -> None:
-    """The same test id must offer as many options in every language: else it is not the same item, and its
-    chance level (and the balanced cut, made in the first language) differs between languages."""
+def _check_parallel(task: str, widths: dict[str, dict[str, int]]) -> None:
+    """Test sets must be parallel: the same ids in every language, each offering as many options as in the first
+    language (else it is not the same item: its chance level, and the balanced cut made in the first language, differ)."""
     reference_language, reference = next(iter(widths.items()))
     for language, here in widths.items():
+        if here.keys() != reference.keys():
+            only_here = sorted(here.keys() - reference.keys())[:3]
+            only_there = sorted(reference.keys() - here.keys())[:3]
+            raise DataError(
+                f"task {task!r}: test ids of {language!r} differ from {reference_language!r} "
+                f"(only in {language}: {only_here}; only in {reference_language}: {only_there}); "
+                "test sets must be parallel: the same ids in every language"
+            )
         differing = sorted(item_id for item_id, width in here.items() if width != reference[item_id])
         if differing:
             shown = ", ".join(f"{i!r} ({here[i]} options, {reference[i]} in {reference_language})" for i in differing[:3])
