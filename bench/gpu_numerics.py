@@ -119,6 +119,14 @@ MODE = "DONORS_BENCH_DETERMINISTIC"
 """Set in the child process that times one mode of the determinism part: "1" on, "0" off."""
 
 
+def small_training(args, device, dtype):
+    """Llama-3.2-1B's shape, the published batch (8 x ~250 tokens) and ``--steps`` batches of items: what the
+    determinism, train-profile and gpu-sharing parts train."""
+    model = build("llama-3.2-1b", args.tiny, device, dtype)
+    train = TrainConfig(epochs=1, batch_size=8, validation_fraction=0.0, max_length=512, warmup_ratio=0.0)
+    return model, train, items(8 * args.steps, 40 if args.tiny else 200, seed=1)
+
+
 def determinism(args, device, dtype, tokenizer) -> None:
     """Each mode in a process of its own, set up as a study's worker is (cuBLAS's workspace is fixed at its first use)."""
     if MODE in os.environ:
@@ -147,9 +155,7 @@ def determinism(args, device, dtype, tokenizer) -> None:
 
 
 def determinism_run(args, device, dtype, tokenizer, enabled: bool) -> None:
-    model = build("llama-3.2-1b", args.tiny, device, dtype)
-    train = TrainConfig(epochs=1, batch_size=8, validation_fraction=0.0, max_length=512, warmup_ratio=0.0)
-    data = items(8 * args.steps, 40 if args.tiny else 200, seed=1)
+    model, train, data = small_training(args, device, dtype)
     runs, digests, recorded = [], [], ""
     with tempfile.TemporaryDirectory() as out:
         with deterministic_training(enabled, device.type):
@@ -170,9 +176,7 @@ def train_profile(args, device, dtype, tokenizer) -> None:
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
-    model = build("llama-3.2-1b", args.tiny, device, dtype)
-    train = TrainConfig(epochs=1, batch_size=8, validation_fraction=0.0, max_length=512, warmup_ratio=0.0)
-    data = items(8 * args.steps, 40 if args.tiny else 200, seed=1)
+    model, train, data = small_training(args, device, dtype)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with tempfile.TemporaryDirectory() as out:
         train_lora(model, tokenizer, data[:8], lora=LoraConfig(), train=train, seed=0, output_dir=Path(out) / "warm")
@@ -223,9 +227,7 @@ def gpu_sharing(args, device, dtype, tokenizer) -> None:
 
 
 def sharing_run(args, device, dtype, tokenizer) -> None:
-    model = build("llama-3.2-1b", args.tiny, device, dtype)
-    train = TrainConfig(epochs=1, batch_size=8, validation_fraction=0.0, max_length=512, warmup_ratio=0.0)
-    data = items(8 * args.steps, 40 if args.tiny else 200, seed=1)
+    model, train, data = small_training(args, device, dtype)
     with tempfile.TemporaryDirectory() as out:
         train_lora(model, tokenizer, data[:8], lora=LoraConfig(), train=train, seed=0, output_dir=Path(out) / "warm")
         sync(device)
