@@ -524,7 +524,11 @@ def test_a_test_id_with_another_number_of_options_in_one_language_is_refused(tmp
     with pytest.raises(DataError) as error:
         load_study_data(load_config(tmp_path / "study.yaml"))
     message = str(error.value)
-    assert "task 'quiz': 1 test ids of 'de'" in message and "'q11' (3 options, 4 in en)" in message and "parallel" in message
+    assert (
+        f"{tmp_path / 'study.yaml'}: task 'quiz': 1 test ids of 'de'" in message
+        and "'q11' (3 options, 4 in en)" in message
+        and "parallel" in message
+    )
     rows[1]["options"] = quiz_rows("de", range(11, 12))[0]["options"]
     write_rows(tmp_path / "data" / "de" / "test.jsonl", rows)
     assert len(load_study_data(load_config(tmp_path / "study.yaml")).test) == 2

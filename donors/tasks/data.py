@@ -143,11 +143,11 @@ def load_study_data(config: StudyConfig, tasks: dict[str, Task] | None = None) -
             data.train[cell] = _cut(train, config.train.max_items, chosen["train"])
             data.test[cell] = subsample(test, config.eval.max_items, chosen["test"])
             widths[language] = {i.id: len(i.choices) for i in data.test[cell]}
-        _check_parallel(name, widths)
+        _check_parallel(config.source, name, widths)
     return data
 
 
-def _check_parallel(task: str, widths: dict[str, dict[str, int]]) -> None:
+def _check_parallel(source: str, task: str, widths: dict[str, dict[str, int]]) -> None:
     """Test sets must be parallel: the same ids in every language, each offering as many options as in the first
     language (else it is not the same item: its chance level, and the balanced cut made in the first language, differ)."""
     reference_language, reference = next(iter(widths.items()))
@@ -156,7 +156,7 @@ def _check_parallel(task: str, widths: dict[str, dict[str, int]]) -> None:
             only_here = sorted(here.keys() - reference.keys())[:3]
             only_there = sorted(reference.keys() - here.keys())[:3]
             raise DataError(
-                f"task {task!r}: test ids of {language!r} differ from {reference_language!r} "
+                f"{source}: task {task!r}: test ids of {language!r} differ from {reference_language!r} "
                 f"(only in {language}: {only_here}; only in {reference_language}: {only_there}); "
                 "test sets must be parallel: the same ids in every language"
             )
@@ -164,7 +164,7 @@ def _check_parallel(task: str, widths: dict[str, dict[str, int]]) -> None:
         if differing:
             shown = ", ".join(f"{i!r} ({here[i]} options, {reference[i]} in {reference_language})" for i in differing[:3])
             raise DataError(
-                f"task {task!r}: {len(differing)} test ids of {language!r} have another number of options than in "
+                f"{source}: task {task!r}: {len(differing)} test ids of {language!r} have another number of options than in "
                 f"{reference_language!r}: {shown}{' ...' if len(differing) > 3 else ''}. Test sets must be parallel: give each id "
                 "the same options, translated, in every language, or remove those ids from every language"
             )
